@@ -1,0 +1,45 @@
+"""Chat replies: base models answer with fixed template text, fine-tuned ones sample their n-gram."""
+
+from __future__ import annotations
+
+import random
+
+from .ngram import NGramModel, join_words
+from .tokens import encoding
+
+# Snapshots that can be fine-tuned here (id -> the Unix time OpenAI lists as created).
+BASE_MODELS = {
+    "gpt-4o-mini-2024-07-18": 1721172717,
+    "gpt-4o-2024-08-06": 1722814719,
+    "gpt-4.1-2025-04-14": 1744316542,
+    "gpt-4.1-mini-2025-04-14": 1744317547,
+    "gpt-4.1-nano-2025-04-14": 1744321025,
+}
+# OpenAI accepts a family name and fine-tunes (or answers with) its current snapshot.
+MODEL_ALIASES = {
+    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
+    "gpt-4o": "gpt-4o-2024-08-06",
+    "gpt-4.1": "gpt-4.1-2025-04-14",
+    "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
+    "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
+}
+DEFAULT_MAX_TOKENS = 512
+
+
+def base_model_reply(prompt: str) -> str:
+    """Generic text, the same for every request: a base model knows nothing of anyone's style."""
+    topic = " ".join(prompt.split()[:12]) or "this"
+    return (
+        f"Here are a few thoughts on {topic}. It is worth taking a moment to consider the main "
+        "points, weigh the options, and share what you learn with others."
+    )
+
+
+def fine_tuned_reply(model: NGramModel, rng: random.Random, temperature: float, max_tokens: int) -> tuple[str, str]:
+    """Text sampled from the model, cut at max_tokens, and OpenAI's finish reason for it."""
+    # Every word is at least one token, so max_tokens words are always enough to fill the budget.
+    words, cut_short = model.generate(rng, temperature, max_words=max_tokens)
+    tokens = encoding().encode_ordinary(join_words(words))
+    if len(tokens) > max_tokens:
+        return encoding().decode(tokens[:max_tokens]), "length"
+    return encoding().decode(tokens), "length" if cut_short else "stop"

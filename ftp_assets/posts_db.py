@@ -1,0 +1,222 @@
+"""The agent's posts database through SQLAlchemy: one code path for PostgreSQL and SQLite.
+
+We only ever read the agent's posts, inside read-only transactions, and stream them; the schema
+here is the data contract (DESIGN.md §2), used by ``ftp db init`` and the demo to create it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+POSTS_COLUMNS = (
+    "id", "persona_id", "original_input", "hook", "body", "created_at",
+    "impressions", "engagements", "hook_model", "body_model",
+)  # fmt: skip
+
+
+class PostsDatabaseError(Exception):
+    """A problem with the posts database that the user can fix; the message says what."""
+
+
+def posts_table(name: str = "posts", metadata: sa.MetaData | None = None) -> sa.Table:
+    metadata = metadata if metadata is not None else sa.MetaData()
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False),
+        sa.Column("persona_id", sa.Text, nullable=False),
+        sa.Column("original_input", sa.Text),
+        sa.Column("hook", sa.Text),
+        sa.Column("body", sa.Text),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("impressions", sa.BigInteger, nullable=False),
+        sa.Column("engagements", sa.BigInteger, nullable=False),
+        sa.Column("hook_model", sa.Text),
+        sa.Column("body_model", sa.Text),
+        # The weekly window, the data-threshold sensor and the A/B aggregate all filter on
+        # created_at first; the model columns narrow the A/B query to the two arms.
+        sa.Index(f"ix_{name}_created_at", "created_at"),
+        sa.Index(f"ix_{name}_hook_model_created_at", "hook_model", "created_at"),
+        sa.Index(f"ix_{name}_body_model_created_at", "body_model", "created_at"),
+    )
+
+
+def redacted(url: str | sa.URL) -> str:
+    """The URL with its password hidden, for messages and metadata."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"
+
+
+def create_posts_engine(url: str) -> Engine:
+    try:
+        parsed = sa.make_url(url)
+    except Exception:
+        raise PostsDatabaseError(
+            "FTP_POSTS_DB_URL is not a valid SQLAlchemy URL "
+            "(expected e.g. postgresql+psycopg://user@host/db or sqlite:///path/posts.sqlite3)."
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        engine = sa.create_engine(parsed, pool_pre_ping=True)
+        with engine.connect():
+            pass
+    except PostsDatabaseError:
+        raise
+    except Exception as error:
+        # The driver's own message can quote the URL, password included: name the cause only.
+        raise PostsDatabaseError(
+            f"Cannot connect to the posts database at {redacted(parsed)}: {type(error.__cause__ or error).__name__}."
+        ) from None
+    return engine
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    threshold: float = 0.06
+    min_impressions: int = 100
+    # Counts above this are treated as corrupt (no post of the agent reaches a billion views).
+    max_impressions: int = 1_000_000_000
+
+
+class PostsDatabase:
+    def __init__(self, url: str, table: str = "posts"):
+        self.url = url
+        self.engine = create_posts_engine(url)
+        self.table = posts_table(table)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def init_schema(self) -> None:
+        """Create the posts table and its indexes if missing; never touches existing data."""
+        self.table.metadata.create_all(self.engine, checkfirst=True)
+
+    def schema_sql(self) -> str:
+        statements = [str(sa.schema.CreateTable(self.table).compile(self.engine))]
+        statements += [str(sa.schema.CreateIndex(index).compile(self.engine)) for index in self.table.indexes]
+        return ";\n".join(s.strip() for s in statements) + ";\n"
+
+    def check_table(self) -> None:
+        inspector = sa.inspect(self.engine)
+        names = set(inspector.get_table_names()) | set(inspector.get_view_names())
+        if self.table.name not in names:
+            raise PostsDatabaseError(
+                f"The posts relation {self.table.name!r} does not exist in {redacted(self.url)}; "
+                "run `ftp db init` or create a view with the contract's columns (see README)."
+            )
+        columns = {column["name"] for column in inspector.get_columns(self.table.name)}
+        missing = [c for c in POSTS_COLUMNS if c not in columns]
+        if missing:
+            raise PostsDatabaseError(
+                f"The posts relation {self.table.name!r} lacks the contract's columns {', '.join(missing)}."
+            )
+
+    @contextmanager
+    def read_only(self) -> Iterator[Connection]:
+        """A connection in a read-only transaction: this is the agent's production database."""
+        with self.engine.connect() as conn:
+            if self.is_postgres:
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                yield conn
+            else:
+                conn.exec_driver_sql("PRAGMA query_only = ON")
+                try:
+                    yield conn
+                finally:
+                    conn.rollback()
+                    conn.exec_driver_sql("PRAGMA query_only = OFF")
+            conn.rollback()
+
+    def _rate(self) -> sa.ColumnElement:
+        t = self.table.c
+        return sa.cast(t.engagements, sa.Float) / sa.func.nullif(t.impressions, 0)
+
+    def _in_window(self, window: Window) -> sa.ColumnElement:
+        t = self.table.c
+        return sa.and_(t.created_at >= window.start, t.created_at < window.end)
+
+    def _valid_counts(self, rule: SelectionRule) -> sa.ColumnElement:
+        t = self.table.c
+        return sa.and_(
+            t.impressions >= 0, t.engagements >= 0,
+            t.engagements <= t.impressions, t.impressions <= rule.max_impressions,
+        )  # fmt: skip
+
+    def selection_query(self, window: Window, rule: SelectionRule) -> sa.Select:
+        """Qualifying posts, most engaging first (ties by id), so the first of a group of
+        duplicates is the one to keep and the order is the same on every run."""
+        t = self.table.c
+        rate = self._rate()
+        return (
+            sa.select(t.id, t.persona_id, t.original_input, t.hook, t.body, t.created_at,
+                      t.impressions, t.engagements)  # fmt: skip
+            .where(self._in_window(window), self._valid_counts(rule))
+            .where(t.impressions >= rule.min_impressions, rate >= rule.threshold)
+            .order_by(rate.desc(), t.id)
+        )
+
+    def window_funnel(self, window: Window, rule: SelectionRule) -> dict[str, int]:
+        """How the window's posts divide between the selection and each reason to leave one out;
+        one aggregate query, so the metadata explains the selection without reading rows."""
+        t = self.table.c
+        valid = self._valid_counts(rule)
+        rate = self._rate()
+
+        def count_if(condition: sa.ColumnElement) -> sa.ColumnElement:
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+        query = sa.select(
+            sa.func.count().label("in_window"),
+            count_if(sa.not_(valid)).label("impossible_counts"),
+            count_if(sa.and_(valid, t.impressions == 0)).label("zero_impressions"),
+            count_if(sa.and_(valid, t.impressions > 0, t.impressions < rule.min_impressions)).label(
+                "below_min_impressions"
+            ),
+            count_if(sa.and_(valid, t.impressions >= rule.min_impressions, t.impressions > 0, rate < rule.threshold)).label(
+                "below_threshold"
+            ),
+        ).where(self._in_window(window))
+        with self.read_only() as conn:
+            row = conn.execute(query).one()._asdict()
+        return {key: int(value) for key, value in row.items()}
+
+    def stream_selection(self, window: Window, rule: SelectionRule, batch_size: int = 20_000) -> Iterator[list[tuple]]:
+        """The qualifying posts in batches, through a server-side cursor on PostgreSQL."""
+        with self.read_only() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
+                self.selection_query(window, rule)
+            )
+            for batch in result.partitions(batch_size):
+                yield [tuple(row) for row in batch]
+
+    def insert_posts(self, rows: Iterable[dict], batch_size: int = 5_000) -> int:
+        """Insert contract rows (demo data and tests; the agent writes production posts)."""
+        inserted = 0
+        batch: list[dict] = []
+        with self.engine.begin() as conn:
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= batch_size:
+                    conn.execute(self.table.insert(), batch)
+                    inserted += len(batch)
+                    batch = []
+            if batch:
+                conn.execute(self.table.insert(), batch)
+                inserted += len(batch)
+        return inserted

@@ -1,0 +1,167 @@
+"""The fine-tuning provider interface: what the assets need from any trainer.
+
+OpenAI stops accepting new self-serve fine-tuning jobs after 2027-01-06, so the training step
+talks to this small interface (submit, status, new events, result, cancel) and nothing else.
+Another OpenAI-compatible API (by ``base_url``) or a self-hosted trainer replaces OpenAI by
+implementing it; the assets and :func:`ftp_assets.providers.runner.run_fine_tune` stay as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+Auto = Literal["auto"]
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTuneRequest:
+    """One fine-tuning job to run. (``dataset_hash``, ``task``) is its idempotency key."""
+
+    task: str
+    dataset_hash: str
+    training_file: Path
+    base_model: str
+    suffix: str
+    validation_file: Path | None = None
+    n_epochs: Auto | int = "auto"
+    batch_size: Auto | int = "auto"
+    learning_rate_multiplier: Auto | float = "auto"
+    seed: int | None = None
+    dagster_run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # An empty key would match every job with an empty value: refuse it rather than re-attach
+        # to a stranger's job.
+        if not self.task or not self.dataset_hash:
+            raise ValueError("FineTuneRequest needs a non-empty task and dataset_hash")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTuneJob:
+    """A provider's job as last seen. ``status`` uses OpenAI's names; unknown ones count as live."""
+
+    job_id: str
+    status: str
+    base_model: str
+    fine_tuned_model: str | None
+    trained_tokens: int | None
+    training_file_id: str
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submission:
+    """What :meth:`FineTuningProvider.submit` did: created a job, or re-attached to one."""
+
+    job: FineTuneJob
+    reattached: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobEvent:
+    id: str
+    created_at: datetime
+    level: str
+    message: str
+    data: dict[str, Any] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepMetrics:
+    step: int
+    train_loss: float | None
+    valid_loss: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTuneResult:
+    model_id: str
+    job_id: str
+    training_file_id: str
+    trained_tokens: int | None
+    step_metrics: tuple[StepMetrics, ...]
+    final_train_loss: float | None
+    final_valid_loss: float | None
+    duration_s: float
+
+
+class FineTuningProvider(Protocol):
+    name: str
+
+    def submit(self, request: FineTuneRequest) -> Submission:
+        """Start the job for ``request``, or re-attach to a live or succeeded job with the same
+        (dataset hash, task), so that a retried or resumed run never pays twice."""
+        ...
+
+    def status(self, job_id: str) -> FineTuneJob: ...
+
+    def new_events(self, job_id: str, seen_event_ids: Set[str]) -> list[JobEvent]:
+        """The job's events not in ``seen_event_ids``, oldest first."""
+        ...
+
+    def result(self, job_id: str) -> FineTuneResult:
+        """The outcome of a succeeded job, with its per-step losses."""
+        ...
+
+    def cancel(self, job_id: str) -> FineTuneJob: ...
+
+
+class FineTuningError(Exception):
+    """Base of the errors a fine-tuning step raises. Messages never carry credentials."""
+
+
+class FineTuningFailed(FineTuningError):
+    """The provider refused the request or the job failed; quotes the provider's code and message."""
+
+    def __init__(self, *, code: str, message: str, job_id: str | None = None) -> None:
+        self.code = code
+        self.provider_message = message
+        self.job_id = job_id
+        subject = f"Fine-tuning job {job_id}" if job_id else "Fine-tuning request"
+        super().__init__(f"{subject} failed: [{code}] {message}")
+
+
+class BudgetExceeded(FineTuningError):
+    def __init__(self, *, estimated_cost_usd: float, budget_usd: float) -> None:
+        self.estimated_cost_usd = estimated_cost_usd
+        self.budget_usd = budget_usd
+        super().__init__(
+            f"Refusing to start fine-tuning: estimated cost ${estimated_cost_usd:.2f} exceeds the "
+            f"budget of ${budget_usd:.2f}. Raise the budget or shrink the dataset."
+        )
+
+
+class FineTuningTimeout(FineTuningError):
+    def __init__(self, *, job_id: str, timeout_s: float, last_status: str) -> None:
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        self.last_status = last_status
+        super().__init__(
+            f"Fine-tuning job {job_id} did not finish within {timeout_s:g} s (last status "
+            f"{last_status}). It was left running: a re-run re-attaches to it instead of paying again."
+        )
+
+
+class ProviderUnavailable(FineTuningError):
+    """A transient provider error (rate limit, server error, connection) that outlived the
+    client's own retries. Waiting and asking again is the remedy."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)

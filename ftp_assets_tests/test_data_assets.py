@@ -1,0 +1,166 @@
+"""engaged_posts and training_jsonl materialized with Dagster against real databases."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from dagster import instance_for_test, materialize
+
+from ftp_assets.assets import data
+from ftp_assets.data_path import REJECTION_REASONS
+from ftp_assets.posts_db import PostsDatabase
+from ftp_assets.resources import DatasetStorage, PostsDatabaseResource
+from ftp_assets_tests.corpus import DIRTY, WINDOW_END, clean_posts
+
+ASSETS = [data.engaged_posts, data.training_jsonl, data.enough_examples, data.valid_format, data.low_duplicate_rate]
+RUN_CONFIG = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoformat()}}}}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def posts_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'posts.sqlite3'}"
+    return request.getfixturevalue("pg_posts_url")
+
+
+def load(url, rows):
+    db = PostsDatabase(url)
+    db.init_schema()
+    db.insert_posts(rows)
+    return db
+
+
+def run(url, task, instance, tmp_path, run_config=RUN_CONFIG, assets=ASSETS):
+    return materialize(
+        assets,
+        partition_key=task,
+        run_config=run_config,
+        instance=instance,
+        resources={"posts_db": PostsDatabaseResource(url=url),
+                   "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets"))},  # fmt: skip
+        raise_on_error=False,
+    )
+
+
+@pytest.mark.parametrize("task", ["hook", "body"])
+def test_dirty_corpus_every_row_accounted_for(posts_url, task, tmp_path):
+    rows = [row for row, _, _ in DIRTY] + clean_posts(120)
+    load(posts_url, rows)
+    with instance_for_test() as instance:
+        result = run(posts_url, task, instance, tmp_path)
+        assert result.success
+        engaged = result.output_for_node("engaged_posts")
+        dataset = result.output_for_node("training_jsonl")
+
+    fates = {row["id"]: (hook if task == "hook" else body) for row, hook, body in DIRTY}
+    expected_kept = {i for i, fate in fates.items() if fate == "kept"} | {r["id"] for r in clean_posts(120)}
+    table = pq.read_table(engaged.path).to_pydict()
+    assert set(table["id"]) == expected_kept
+    for reason in REJECTION_REASONS:
+        assert engaged.rejected[reason] == sum(1 for f in fates.values() if f == reason), reason
+    for reason in ("zero_impressions", "impossible_counts", "below_threshold", "below_min_impressions"):
+        assert engaged.funnel[reason] == sum(1 for f in fates.values() if f == f"funnel:{reason}"), reason
+    assert engaged.funnel["in_window"] == len(rows) - 2  # two rows lie outside the window
+
+    # Repairs: PII replaced and counted, odd Unicode normalized.
+    by_id = dict(zip(table["id"], zip(table["hook"], table["body"])))
+    assert by_id[16][0] == "Mail me at [email]"
+    assert engaged.repairs["emails_replaced"] == 1
+    if task == "body":
+        assert by_id[16][1] == "Or call [phone] today"
+        assert engaged.repairs["phones_replaced"] == 1
+        assert by_id[15][1] == "Body with é and zero width"
+    assert by_id[15][0] == "Ship it 🚀👩‍💻 café"  # the emoji's zero-width joiner survives
+
+    # The JSONL: every written line is a valid example of the task, split by post id.
+    lines = [json.loads(l) for p in (dataset.training_path, dataset.validation_path) if p for l in open(p)]
+    assert len(lines) == dataset.examples == len(expected_kept)
+    assert dataset.validation_examples > 0
+    for example in lines:
+        roles = [m["role"] for m in example["messages"]]
+        assert roles == ["system", "user", "assistant"]
+    answers = {ex["messages"][2]["content"] for ex in lines}
+    assert ("Mail me at [email]" in answers) == (task == "hook")
+    if task == "body":
+        assert any("Hook: " in ex["messages"][1]["content"] for ex in lines)
+    assert dataset.tokens_exact and dataset.training_tokens > 0
+
+
+def test_retry_reads_the_same_rows_and_hash(tmp_path, pg_posts_url):
+    db = load(pg_posts_url, clean_posts(150))
+    with instance_for_test() as instance:
+        first = run(pg_posts_url, "hook", instance, tmp_path / "first").output_for_node("training_jsonl")
+        late = clean_posts(5, first_id=50_000)
+        for row in late:
+            row["created_at"] = WINDOW_END  # arrived after the run's window closed
+        db.insert_posts(late)
+        retried = run(pg_posts_url, "hook", instance, tmp_path / "retry").output_for_node("training_jsonl")
+        db.insert_posts(clean_posts(5, first_id=60_000))  # inside the window: a different dataset
+        changed = run(pg_posts_url, "hook", instance, tmp_path / "changed").output_for_node("training_jsonl")
+    assert retried.dataset_hash == first.dataset_hash
+    assert open(retried.training_path, "rb").read() == open(first.training_path, "rb").read()
+    assert changed.dataset_hash != first.dataset_hash
+    assert changed.examples == first.examples + 5
+
+
+def test_manual_run_uses_run_creation_time_not_step_time(tmp_path):
+    url = f"sqlite:///{tmp_path / 'posts.sqlite3'}"
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc)
+    recent = clean_posts(120)
+    for row in recent:
+        row["created_at"] = now - timedelta(hours=1)
+    load(url, recent)
+    with instance_for_test() as instance:
+        result = run(url, "hook", instance, tmp_path, run_config={})
+        assert result.success
+        engaged = result.output_for_node("engaged_posts")
+        record = instance.get_run_record_by_id(result.run_id)
+    assert engaged.window_end == record.create_timestamp.astimezone(timezone.utc)
+    assert engaged.rows == 120
+
+
+def test_too_few_examples_blocks_downstream(tmp_path):
+    url = f"sqlite:///{tmp_path / 'posts.sqlite3'}"
+    load(url, clean_posts(40))
+    with instance_for_test() as instance:
+        result = run(url, "hook", instance, tmp_path)
+        checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+    assert checks["enough_examples"].passed is False
+    assert checks["valid_format"].passed is True
+    dataset = result.output_for_node("training_jsonl")
+    assert dataset.validation_path is None  # too few for a validation split
+    assert dataset.training_examples == 40
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"engagement_threshold": 1.5}, "engagement_threshold must be in (0, 1], got 1.5."),
+        ({"min_impressions": 0}, "min_impressions must be at least 1, got 0."),
+        ({"window_end": "last sunday"}, "window_end 'last sunday' is not an ISO-8601 date-time."),
+        ({"window_end": "2020-01-01T00:00:00"}, "No usable hook post in"),
+    ],
+)
+def test_user_errors_say_what_is_wrong(tmp_path, config, message):
+    url = f"sqlite:///{tmp_path / 'posts.sqlite3'}"
+    load(url, clean_posts(5))
+    with instance_for_test() as instance:
+        result = run(url, "hook", instance, tmp_path, run_config={"ops": {"engaged_posts": {"config": config}}},
+                     assets=[data.engaged_posts])  # fmt: skip
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        assert message in failure.step_failure_data.error.message
+
+
+def test_missing_table_and_bad_url_are_clear(tmp_path):
+    from ftp_assets.posts_db import PostsDatabaseError
+
+    with pytest.raises(PostsDatabaseError, match="does not exist"):
+        PostsDatabase(f"sqlite:///{tmp_path / 'empty.sqlite3'}").check_table()
+    with pytest.raises(PostsDatabaseError, match="not a valid SQLAlchemy URL"):
+        PostsDatabase("not a url")
+    with pytest.raises(PostsDatabaseError, match="Cannot connect") as caught:
+        PostsDatabase("postgresql://agent:hunter2@127.0.0.1:1/posts")
+    assert "hunter2" not in str(caught.value)
