@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import (
+    AssetSelection,
+    Definitions,
+    EnvVar,
+    define_asset_job,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
 
 from ftp_assets.assets import data
+from ftp_assets.partitions import task_partitions
 from ftp_assets.resources import DatasetStorage, PostsDatabaseResource, default_posts_db_url
 
 
@@ -17,9 +25,17 @@ def _env_or(name: str, default: str) -> str | EnvVar:
     return EnvVar(name) if os.environ.get(name) else default
 
 
+training_cycle = define_asset_job(
+    "training_cycle",
+    selection=AssetSelection.assets(data.engaged_posts, data.training_jsonl),
+    partitions_def=task_partitions,
+    description="The weekly training cycle of one task, from the posts to the fine-tuned model.",
+)
+
 defs = Definitions(
     assets=load_assets_from_modules([data]),
     asset_checks=load_asset_checks_from_modules([data]),
+    jobs=[training_cycle],
     resources={
         "posts_db": PostsDatabaseResource(url=_env_or("FTP_POSTS_DB_URL", default_posts_db_url())),
         "dataset_storage": DatasetStorage(root=_env_or("FTP_DATASETS_DIR", "")),

@@ -27,9 +27,9 @@ _INVISIBLE = dict.fromkeys(
 )
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-# A phone number: optional country code, then 7 to 15 digits in groups separated by space, dot,
+# A phone number: optional country code, then at least 7 digits in groups separated by space, dot,
 # dash or parentheses. Digit runs joined by commas (10,000,000), slashes and ISO dates are not.
-_PHONE = re.compile(r"(?<![\w+])(?!\d{4}-\d\d-\d\d(?!\d))(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){2,4}(?![\w])")
+_PHONE = re.compile(r"(?<![\w+])(?!\d{4}-\d\d-\d\d(?!\d))(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?![\w])")
 _SEVEN_DIGITS = re.compile(r"\d(?:[ .()+-]{0,2}\d){6}")
 
 # Text that addresses a language model rather than a reader. Training on it would teach the model
@@ -67,7 +67,17 @@ def scrub_pii(text: str) -> tuple[str, int, int]:
     if "@" in text:
         text, emails = _EMAIL.subn(EMAIL_PLACEHOLDER, text)
     if _SEVEN_DIGITS.search(text):
-        text, phones = _PHONE.subn(PHONE_PLACEHOLDER, text)
+        found = 0
+
+        def replace(match: re.Match) -> str:
+            nonlocal found
+            if sum(c.isdigit() for c in match.group()) < 7:  # "12 34", "2024 10": not phones
+                return match.group()
+            found += 1
+            return PHONE_PLACEHOLDER
+
+        text = _PHONE.sub(replace, text)
+        phones = found
     return text, emails, phones
 
 

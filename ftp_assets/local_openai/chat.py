@@ -23,7 +23,6 @@ MODEL_ALIASES = {
     "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
     "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
 }
-DEFAULT_MAX_TOKENS = 512
 
 
 def base_model_reply(prompt: str) -> str:
@@ -35,11 +34,16 @@ def base_model_reply(prompt: str) -> str:
     )
 
 
-def fine_tuned_reply(model: NGramModel, rng: random.Random, temperature: float, max_tokens: int) -> tuple[str, str]:
-    """Text sampled from the model, cut at max_tokens, and OpenAI's finish reason for it."""
-    # Every word is at least one token, so max_tokens words are always enough to fill the budget.
+def fine_tuned_reply(model: NGramModel, rng: random.Random, temperature: float, max_tokens: int) -> tuple[str, bool]:
+    """Text sampled from the model and whether max_tokens cut it short."""
+    # Every word is at least one token, so max_tokens words always fill the token budget.
     words, cut_short = model.generate(rng, temperature, max_words=max_tokens)
-    tokens = encoding().encode_ordinary(join_words(words))
-    if len(tokens) > max_tokens:
-        return encoding().decode(tokens[:max_tokens]), "length"
-    return encoding().decode(tokens), "length" if cut_short else "stop"
+    text, truncated = within_tokens(join_words(words), max_tokens)
+    return text, cut_short or truncated
+
+
+def within_tokens(text: str, max_tokens: int) -> tuple[str, bool]:
+    tokens = encoding().encode_ordinary(text)
+    if len(tokens) <= max_tokens:
+        return text, False
+    return encoding().decode(tokens[:max_tokens]), True

@@ -1,0 +1,21 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv on first use
+# and reinstall it when setup.py changes.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test benchmark
+demo: $(INSTALLED)
+	$(VENV)/bin/ftp demo
+
+test: $(INSTALLED)
+	$(VENV)/bin/pytest
+
+benchmark: $(INSTALLED)
+	$(VENV)/bin/python benchmarks/run_all.py
+
+$(INSTALLED): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@

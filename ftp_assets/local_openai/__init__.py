@@ -1,0 +1,43 @@
+"""A local OpenAI-compatible fine-tuning service, for laptops, tests and the demo.
+
+It speaks, under ``/v1`` and in OpenAI's JSON shapes (so the official ``openai`` client parses
+every answer into its own types), the part of OpenAI's API that the pipeline uses:
+
+- files: upload (multipart, purpose ``fine-tune`` needs a ``.jsonl`` name), list, retrieve, content;
+- fine-tuning jobs: create (``model``, ``training_file``, ``validation_file``, supervised
+  ``method`` or legacy ``hyperparameters``, ``suffix``, ``seed``, ``metadata``), retrieve, list
+  (``after``/``limit`` cursor pages, ``metadata[key]=value`` filter), events (newest first, with
+  metrics events per step), checkpoints (the last three epochs), cancel;
+- chat completions and models (list, retrieve);
+- a bearer key on every route: 401 with OpenAI's error body, which never quotes the key.
+
+Jobs run on a worker thread, one at a time, through ``validating_files``, ``queued``, ``running``
+and ``succeeded``/``failed``/``cancelled``. Files are checked with OpenAI's chat format rules
+(:mod:`ftp_assets.domain.chat_format`) and a minimum of 10 training examples; a broken file fails
+the job with ``invalid_training_file`` (or ``invalid_validation_file``, ``invalid_n_examples``)
+and a message naming the line and the rule. Training is real but small: a word trigram model of
+the assistant messages, trained batch by batch (train loss is measured on each batch before the
+model sees it, validation loss on a batch of the validation file; both in nats per word), with
+``trained_tokens`` counted in cl100k tokens times the epochs. The ``fine_tuned_model``
+(``ft:<base>:local:<suffix>:<id>``) samples that trigram model, deterministically for a request
+``seed`` and prompt; base models answer with fixed generic text. Everything lives as JSON under
+the state directory; a restarted service keeps every file and job and finishes the jobs it had in
+flight, resuming their training where it stopped.
+
+Faults can be switched on while it runs, from Python (``RunningService.faults``) or over HTTP
+(``GET``/``POST``/``DELETE /_admin/faults``, same key): 429s with ``retry-after``, 500s, added
+latency, and a next job that fails halfway with a server error.
+
+Not emulated: DPO and reinforcement methods, integrations (W&B), streaming, tool calls, file
+deletion and expiry, model deletion, serving checkpoint models other than the final one,
+per-example token limits, moderation of training data, billing, rate limits of its own, and
+OpenAI's exact loss values (its losses are per token of a neural model; these are per word of a
+trigram model). ``learning_rate_multiplier`` is recorded but a count-based model has no learning
+rate. Jobs run one after another, not in parallel.
+"""
+
+from .app import create_app
+from .faults import FaultController
+from .server import RunningService, running_service, serve
+
+__all__ = ["FaultController", "RunningService", "create_app", "running_service", "serve"]

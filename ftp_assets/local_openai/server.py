@@ -1,0 +1,68 @@
+"""Running the service: blocking for the ``ftp local-openai`` command, or on a background thread
+for tests and the demo."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from .app import DEFAULT_STEP_SECONDS, create_app
+from .faults import FaultController
+
+STARTUP_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RunningService:
+    base_url: str  # ends in /v1, as the openai client's base_url
+    api_key: str
+    faults: FaultController
+    state_dir: Path
+
+
+def serve(host: str, port: int, state_dir: Path, api_key: str) -> None:
+    """Serves until interrupted (Ctrl-C); jobs in flight resume at the next start."""
+    uvicorn.run(create_app(state_dir, api_key), host=host, port=port)
+
+
+def _wait_until_answering(base_url: str, api_key: str, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    request = urllib.request.Request(f"{base_url}/models", headers={"Authorization": f"Bearer {api_key}"})
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=1):
+                return
+        except OSError:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"The local OpenAI-compatible service at {base_url} did not start") from None
+            time.sleep(0.02)
+
+
+@contextmanager
+def running_service(
+    state_dir: Path, api_key: str = "sk-local", port: int = 0, step_seconds: float = DEFAULT_STEP_SECONDS
+) -> Iterator[RunningService]:
+    """The service on 127.0.0.1 (``port`` 0: a free one) on a background thread, until exit."""
+    app = create_app(state_dir, api_key, step_seconds)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="local-openai-http", daemon=True)
+    thread.start()
+    try:
+        _wait_until_answering(base_url, api_key, thread)
+        yield RunningService(base_url, api_key, app.state.faults, Path(state_dir))
+    finally:
+        server.should_exit = True
+        thread.join()
+        listener.close()
