@@ -37,7 +37,9 @@ defs = Definitions(
     asset_checks=load_asset_checks_from_modules([data]),
     jobs=[training_cycle],
     resources={
-        "posts_db": PostsDatabaseResource(url=_env_or("FTP_POSTS_DB_URL", default_posts_db_url())),
+        "posts_db": PostsDatabaseResource(
+            url=_env_or("FTP_POSTS_DB_URL", default_posts_db_url()), table=os.environ.get("FTP_POSTS_TABLE", "posts")
+        ),
         "dataset_storage": DatasetStorage(root=_env_or("FTP_DATASETS_DIR", "")),
     },
 )

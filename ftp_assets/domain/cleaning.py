@@ -26,7 +26,8 @@ _INVISIBLE = dict.fromkeys(
     + list(range(0x7F, 0xA0))
 )
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# Local part: RFC 5322's atext and dots, so unusual but valid addresses are caught too.
+_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # A phone number: optional country code, then at least 7 digits in groups separated by space, dot,
 # dash or parentheses. Digit runs joined by commas (10,000,000), slashes and ISO dates are not.
 _PHONE = re.compile(r"(?<![\w+])(?!\d{4}-\d\d-\d\d(?!\d))(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?![\w])")

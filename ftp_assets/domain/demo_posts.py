@@ -8,7 +8,7 @@ database, and by this notice, which the README repeats.
 
 :func:`write_post` writes one post for a persona from templates: hooks of varied styles (some
 with the features the audience model of :mod:`ftp_assets.domain.audience` rewards, some without)
-and bodies of one to four sentences, sometimes a short list, sometimes a takeaway.
+and bodies of a few sentences, sometimes with a short list, sometimes with a takeaway.
 
 :func:`generate_demo_posts` yields rows of the posts contract (DESIGN.md §2) with reactions drawn
 from the audience model, plus a realistic share of dirty rows, one kind of defect per dirty row

@@ -25,13 +25,11 @@ MODEL_ALIASES = {
 }
 
 
-def base_model_reply(prompt: str) -> str:
-    """Generic text, the same for every request: a base model knows nothing of anyone's style."""
-    topic = " ".join(prompt.split()[:12]) or "this"
-    return (
-        f"Here are a few thoughts on {topic}. It is worth taking a moment to consider the main "
-        "points, weigh the options, and share what you learn with others."
-    )
+# What every base model answers: it has learned no one's style, so it has nothing particular to say.
+BASE_MODEL_REPLY = (
+    "Here are a few thoughts on that. It is worth taking a moment to consider the main points, "
+    "weigh the options, and share what you learn with others."
+)
 
 
 def fine_tuned_reply(model: NGramModel, rng: random.Random, temperature: float, max_tokens: int) -> tuple[str, bool]:

@@ -9,7 +9,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from .chat import BASE_MODELS, MODEL_ALIASES, base_model_reply, fine_tuned_reply, within_tokens
+from .chat import BASE_MODEL_REPLY, BASE_MODELS, MODEL_ALIASES, fine_tuned_reply, within_tokens
 from .responses import ApiError, not_found
 from .store import Store, new_id
 from .tokens import count_message_tokens, count_tokens, message_text
@@ -72,12 +72,12 @@ def chat_router(store: Store) -> APIRouter:
         model_id = MODEL_ALIASES.get(request.model, request.model)
         model_object(model_id)  # 404 for an unknown model
         messages = [message.model_dump(exclude_none=True) for message in request.messages]
-        prompt = next((message_text(message) for message in reversed(messages) if message["role"] == "user"), "")
         max_tokens = request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
         if model_id in BASE_MODELS:
-            replies = [within_tokens(base_model_reply(prompt), max_tokens)] * request.n
+            replies = [within_tokens(BASE_MODEL_REPLY, max_tokens)] * request.n
         else:
             ngram = store.model(fine_tuned_models()[model_id]["id"])
+            prompt = next((message_text(message) for message in reversed(messages) if message["role"] == "user"), "")
             # The same seed and prompt give the same reply; no seed, a fresh one each time.
             rng = random.Random(f"{request.seed}\n{prompt}") if request.seed is not None else random.Random()
             replies = [fine_tuned_reply(ngram, rng, request.temperature, max_tokens) for _ in range(request.n)]
