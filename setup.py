@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Continuous fine-tuning of the Threads agent's models as a Dagster code location.",
     packages=find_packages(exclude=["ftp_assets_tests", "ftp_assets_tests.*"]),
-    package_data={"ftp_assets": ["sql/*.sql"]},
+    package_data={"ftp_assets": ["dagster_local.yaml"]},
     python_requires=">=3.11,<3.13",
     install_requires=[
         "dagster>=1.13,<1.14",

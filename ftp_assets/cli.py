@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib.resources import files
+from pathlib import Path
 
-from ftp_assets.home import ftp_home, home_path
+from ftp_assets.home import home_path
 
 
 def _posts_db():
@@ -66,9 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def ensure_dagster_home() -> None:
+    """DAGSTER_HOME defaults to $FTP_HOME/dagster, with the project's local instance config."""
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home_path("dagster"))))
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_bytes(files("ftp_assets").joinpath("dagster_local.yaml").read_bytes())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("DAGSTER_HOME", str(home_path("dagster")))
+    ensure_dagster_home()
     try:
         args.func(args)
     except KeyboardInterrupt:

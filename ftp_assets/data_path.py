@@ -178,6 +178,7 @@ class TrainingDataset:
     billed_training_tokens: float
     estimated_cost_usd: float
     n_epochs: int
+    usd_per_million_training_tokens: float
     preview: list[dict] = field(default_factory=list)
 
     @property
@@ -255,6 +256,7 @@ def build_training_files(engaged: EngagedPosts, out_dir: Path, options: DatasetO
         billed_training_tokens=billed,
         estimated_cost_usd=billed / 1e6 * options.usd_per_million_training_tokens,
         n_epochs=options.n_epochs,
+        usd_per_million_training_tokens=options.usd_per_million_training_tokens,
         preview=preview,
     )
 

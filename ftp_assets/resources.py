@@ -33,6 +33,14 @@ class PostsDatabaseResource(ConfigurableResource):
             self._db.check_table()
         return self._db
 
+    def experiments(self):
+        """Our experiments table beside the posts, created if missing."""
+        from ftp_assets.experiments_db import ExperimentStore
+
+        store = ExperimentStore(self.open().engine)
+        store.init_schema()
+        return store
+
 
 class DatasetStorage(ConfigurableResource):
     """Where engaged-post snapshots and training files are written (FTP_DATASETS_DIR); the
@@ -45,3 +53,71 @@ class DatasetStorage(ConfigurableResource):
         folder = base / task / run_id
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+
+# The local OpenAI-compatible service (`ftp local-openai`) is the embedded default provider.
+LOCAL_OPENAI_PORT = 8765
+LOCAL_OPENAI_BASE_URL = f"http://127.0.0.1:{LOCAL_OPENAI_PORT}/v1"
+LOCAL_OPENAI_API_KEY = "sk-local-ftp"
+
+
+class FineTuningSettings(ConfigurableResource):
+    """How jobs are made: base model per task, hyperparameters ("auto" lets the provider choose),
+    the cost guard and the overall timeout."""
+
+    hook_base_model: str = "gpt-4o-mini-2024-07-18"
+    body_base_model: str = "gpt-4o-mini-2024-07-18"
+    n_epochs: str = "auto"
+    batch_size: str = "auto"
+    learning_rate_multiplier: str = "auto"
+    seed: int = 42
+    budget_usd: float = 50.0
+    timeout_hours: float = 24.0
+    poll_initial_seconds: float = 5.0
+    poll_max_seconds: float = 60.0
+
+    def base_model(self, task: str) -> str:
+        return self.hook_base_model if task == "hook" else self.body_base_model
+
+    def hyperparameter(self, name: str) -> str | int | float:
+        value = getattr(self, name)
+        if value == "auto":
+            return value
+        return float(value) if name == "learning_rate_multiplier" else int(value)
+
+
+class MlflowResource(ConfigurableResource):
+    """MLflow tracking and registry: MLFLOW_TRACKING_URI, or a SQLite store under FTP_HOME.
+    Credentials for a server come from MLflow's own env vars (MLFLOW_TRACKING_USERNAME/PASSWORD
+    or MLFLOW_TRACKING_TOKEN), never from config."""
+
+    tracking_uri: str = ""
+
+    def resolved_uri(self) -> str:
+        from ftp_assets.mlflow_registry import local_tracking_uri
+
+        return self.tracking_uri or local_tracking_uri(home_path("mlflow"))
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        uri = self.resolved_uri()
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+class ExperimentSettings(ConfigurableResource):
+    """The A/B experiment: the agent's current models (the first champions), the challenger's
+    traffic share, and the decision rule's parameters."""
+
+    hook_agent_model: str = "gpt-4o-mini-2024-07-18"
+    body_agent_model: str = "gpt-4o-mini-2024-07-18"
+    challenger_share: float = 0.10
+    maturity_hours: float = 24.0
+    alpha: float = 0.05
+    minimum_lift: float = 0.0
+    minimum_detectable_effect: float = 0.10
+    max_duration_hours: float = 168.0
+    srm_threshold: float = 0.001
+
+    def agent_model(self, task: str) -> str:
+        return self.hook_agent_model if task == "hook" else self.body_agent_model

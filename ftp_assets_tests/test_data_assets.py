@@ -139,7 +139,7 @@ def test_too_few_examples_blocks_downstream(tmp_path):
     [
         ({"engagement_threshold": 1.5}, "engagement_threshold must be in (0, 1], got 1.5."),
         ({"min_impressions": 0}, "min_impressions must be at least 1, got 0."),
-        ({"window_end": "last sunday"}, "window_end 'last sunday' is not an ISO-8601 date-time."),
+        ({"window_end": "last sunday"}, "'last sunday' is not an ISO-8601 date-time."),
         ({"window_end": "2020-01-01T00:00:00"}, "No usable hook post in"),
     ],
 )

@@ -105,10 +105,20 @@ def test_fine_tune_run_records_params_step_losses_cost_sample_and_dagster_run(
     valid_loss = mlflow_client.get_metric_history(run_id, "valid_loss")
     assert [(m.step, m.value) for m in valid_loss] == [(2, 2.2), (3, 1.9)]
 
-    downloaded = mlflow_client.download_artifacts(run_id, "training_sample", str(tmp_path / "dl"))
-    assert (tmp_path / "dl" / "training_sample" / "sample.jsonl").read_text() == (
-        sample_path.read_text()
-    ), downloaded
+    mlflow_client.download_artifacts(run_id, "training_sample", str(tmp_path / "downloaded"))
+    downloaded = tmp_path / "downloaded" / "training_sample" / "sample.jsonl"
+    assert downloaded.read_text() == sample_path.read_text()
+
+
+def test_a_run_that_fails_while_logging_is_marked_failed(mlflow_client, tmp_path):
+    with pytest.raises(OSError):
+        record_fine_tune(mlflow_client, "hook", 1, sample_path=tmp_path / "missing.jsonl")
+
+    experiment = mlflow_client.get_experiment_by_name(EXPERIMENT_NAME)
+    [run] = mlflow_client.search_runs(
+        [experiment.experiment_id], "tags.dagster_run_id = 'dagster-run-hook-1'"
+    )
+    assert run.info.status == "FAILED"
 
 
 @pytest.mark.parametrize(
@@ -293,6 +303,18 @@ def test_rollback_with_nothing_to_roll_back_raises_a_clear_error(mlflow_client):
     with pytest.raises(RegistryError, match="no previous-champion alias"):
         rollback(mlflow_client, "hook")
     assert aliases(mlflow_client, "hook") == {CHAMPION: only}
+
+
+def test_rollback_refuses_the_state_an_interrupted_rollback_leaves(mlflow_client):
+    first = register_fine_tuned(mlflow_client, "hook", 1)
+    promote(mlflow_client, "hook", first, DECISION_STATISTICS)
+    second = register_fine_tuned(mlflow_client, "hook", 2)
+    promote(mlflow_client, "hook", second, DECISION_STATISTICS)
+    mlflow_client.set_registered_model_alias(model_name("hook"), CHAMPION, first)
+
+    with pytest.raises(RegistryError, match="an interrupted rollback"):
+        rollback(mlflow_client, "hook")
+    assert aliases(mlflow_client, "hook") == {CHAMPION: first, PREVIOUS_CHAMPION: first}
 
 
 def test_unknown_task_is_refused(mlflow_client):

@@ -43,15 +43,18 @@ class EngagedPostsConfig(Config):
     max_text_chars: int = Field(default=2_000, description="Longer texts are rejected as over-long.")
 
 
-def window_end_for(context: AssetExecutionContext, configured: str | None) -> datetime:
-    if configured:
-        try:
-            end = datetime.fromisoformat(configured)
-        except ValueError:
-            raise Failure(f"window_end {configured!r} is not an ISO-8601 date-time.") from None
-        return end.replace(tzinfo=timezone.utc) if end.tzinfo is None else end.astimezone(timezone.utc)
-    record = context.instance.get_run_record_by_id(context.run.run_id)
-    return record.create_timestamp.astimezone(timezone.utc)
+def parse_instant(value: str) -> datetime:
+    """An ISO-8601 date-time as UTC (a value without offset is taken as UTC)."""
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise Failure(f"{value!r} is not an ISO-8601 date-time.") from None
+    return instant.replace(tzinfo=timezone.utc) if instant.tzinfo is None else instant.astimezone(timezone.utc)
+
+
+def run_created_at(context: AssetExecutionContext) -> datetime:
+    """When the run was created: fixed for the run and its retries, unlike the wall clock."""
+    return context.instance.get_run_record_by_id(context.run.run_id).create_timestamp.astimezone(timezone.utc)
 
 
 def _check_config(config: EngagedPostsConfig) -> None:
@@ -78,7 +81,7 @@ def engaged_posts(
 ) -> Output[EngagedPosts]:
     _check_config(config)
     task = context.partition_key
-    end = window_end_for(context, config.window_end)
+    end = parse_instant(config.window_end) if config.window_end else run_created_at(context)
     window = Window(start=end - timedelta(days=config.window_days), end=end)
     rule = SelectionRule(threshold=config.engagement_threshold, min_impressions=config.min_impressions)
     try:

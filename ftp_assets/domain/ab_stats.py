@@ -85,7 +85,7 @@ class ArmStats:
             self._check_moments_are_possible()
 
     def _check_moments_are_possible(self) -> None:
-        var_x, var_y, cov_xy = self.sample_moments()
+        var_x, var_y, cov_xy = self._sample_moments()
         scale_x, scale_y = self.sum_x2 / self.n, self.sum_y2 / self.n
         if var_x < -_ROUNDING_TOLERANCE * scale_x or var_y < -_ROUNDING_TOLERANCE * scale_y:
             raise ValueError("the sums imply a negative variance: sum_x2 < sum_x**2 / n or sum_y2 < sum_y**2 / n")
@@ -120,7 +120,7 @@ class ArmStats:
         """Σx/Σy, or None when the arm has no impressions."""
         return self.sum_x / self.sum_y if self.sum_y > 0 else None
 
-    def sample_moments(self) -> tuple[float, float, float]:
+    def _sample_moments(self) -> tuple[float, float, float]:
         """Sample variances of x and y and their covariance (n - 1 denominators); needs n >= 2."""
         n = self.n
         var_x = (self.sum_x2 - self.sum_x**2 / n) / (n - 1)
@@ -131,13 +131,16 @@ class ArmStats:
     def rate_unit_variance(self) -> float:
         """Per-post delta-method variance of the rate; divided by n it is the rate's variance.
 
-        Var(x̄/ȳ) ≈ (σx² − 2r·σxy + r²·σy²) / (n·μy²) with r = μx/μy (Deng et al. 2018, eq. for a
-        ratio of means). Needs n >= 2 and Σy > 0.
+        Var(x̄/ȳ) ≈ Var(x − r·y) / (n·μy²) with r = Σx/Σy, which expands to Deng et al.'s
+        (σx² − 2r·σxy + r²·σy²) / (n·μy²). Needs n >= 2 and Σy > 0.
         """
-        var_x, var_y, cov_xy = self.sample_moments()
-        mean_y = self.sum_y / self.n
         rate = self.sum_x / self.sum_y
-        return max((var_x - 2 * rate * cov_xy + rate**2 * var_y) / mean_y**2, 0.0)
+        # Σ(x − r·y)²: the residuals sum to zero, so this is (n − 1) times their sample variance.
+        squared_residuals = self.sum_x2 - 2 * rate * self.sum_xy + rate**2 * self.sum_y2
+        if squared_residuals <= _ROUNDING_TOLERANCE * self.sum_x2:
+            return 0.0  # every post has the same rate; what is left is float rounding
+        mean_y = self.sum_y / self.n
+        return squared_residuals / (self.n - 1) / mean_y**2
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,8 @@ def chat_router(store: Store) -> APIRouter:
 
     @router.get("/models")
     def list_models() -> dict:
-        return {"object": "list", "data": [model_object(model_id) for model_id in [*BASE_MODELS, *fine_tuned_models()]]}
+        model_ids = [*BASE_MODELS, *fine_tuned_models()]
+        return {"object": "list", "data": [model_object(model_id) for model_id in model_ids]}
 
     @router.get("/models/{model_id}")
     def retrieve_model(model_id: str) -> dict:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 
 from .multipart import parse_form
 from .responses import ApiError, check_limit, cursor_page, not_found
-from .store import Store, new_id
+from .store import Store, file_record
 
 UPLOAD_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data"})
 
@@ -40,23 +39,16 @@ def files_router(store: Store) -> APIRouter:
             raise ApiError(400, f"Invalid value for 'purpose': {purpose!r}.", param="purpose")
         if purpose == "fine-tune" and not upload.filename.endswith(".jsonl"):
             raise ApiError(400, "Invalid file format for Fine-Tuning API. Must be .jsonl", param="file")
-        file = {
-            "object": "file",
-            "id": new_id("file-"),
-            "bytes": len(upload.content),
-            "created_at": int(time.time()),
-            "filename": upload.filename,
-            "purpose": purpose,
-            "status": "processed",
-            "expires_at": None,
-            "status_details": None,
-        }
+        file = file_record(upload.filename, purpose, upload.content)
         store.add_file(file, upload.content)
         return file
 
     @router.get("")
     def list_files(
-        after: str | None = None, limit: int = 10_000, order: Literal["asc", "desc"] = "desc", purpose: str | None = None
+        after: str | None = None,
+        limit: int = 10_000,
+        order: Literal["asc", "desc"] = "desc",
+        purpose: str | None = None,
     ) -> dict:
         check_limit(limit, 10_000)
         files = [file for file in store.files() if purpose is None or file["purpose"] == purpose]

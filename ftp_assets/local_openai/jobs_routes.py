@@ -107,11 +107,12 @@ def jobs_router(store: Store, runner: JobRunner) -> APIRouter:
         if request.validation_file is not None:
             fine_tuning_file(request.validation_file, "validation_file")
         if request.hyperparameters is not None and request.method is not None:
-            raise ApiError(400, "Pass hyperparameters under 'method' only, not also at the top level.", param="hyperparameters")
+            message = "Pass hyperparameters under 'method' only, not also at the top level."
+            raise ApiError(400, message, param="hyperparameters")
         if request.metadata:
             _check_metadata(request.metadata)
-        requested = request.method.supervised.hyperparameters if request.method else request.hyperparameters or Hyperparameters()
-        hyperparameters = requested.model_dump()
+        requested = request.method.supervised.hyperparameters if request.method else request.hyperparameters
+        hyperparameters = (requested or Hyperparameters()).model_dump()
         job = {
             "object": "fine_tuning.job",
             "id": new_id("ftjob-"),
@@ -159,7 +160,8 @@ def jobs_router(store: Store, runner: JobRunner) -> APIRouter:
         cancelled = store.update_job(job_id, status="cancelled", finished_at=int(time.time()), estimated_finish=None)
         if cancelled is None:
             status = existing_job(job_id)["status"]
-            raise ApiError(400, f"Job {job_id} has already {status}; it cannot be cancelled.", param="fine_tuning_job_id")
+            message = f"Job {job_id} has already {status}; it cannot be cancelled."
+            raise ApiError(400, message, param="fine_tuning_job_id")
         store.add_event(job_id, "Fine-tuning job cancelled")
         return cancelled
 

@@ -1,28 +1,29 @@
-"""A small multipart/form-data reader for file uploads (the python-multipart package, which
-FastAPI's form support needs, is not one of our dependencies)."""
+"""A small multipart/form-data reader for file uploads (FastAPI's own form support needs the
+python-multipart package, which is not one of our dependencies)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from email.message import Message
 
 
+@dataclass(frozen=True)
 class FormField:
-    def __init__(self, filename: str | None, content: bytes) -> None:
-        self.filename, self.content = filename, content
+    filename: str | None
+    content: bytes
 
 
-def _header_params(value: str) -> Message:
+def _header(name: str, value: str) -> Message:
+    """The header as an email message, whose parser knows quoting and RFC 2231 parameters."""
     header = Message()
-    header["content-disposition"] = value
+    header[name] = value
     return header
 
 
 def parse_form(content_type: str, body: bytes) -> dict[str, FormField]:
     """The fields of a multipart/form-data body; ValueError when it is not one."""
-    header = Message()
-    header["content-type"] = content_type
-    boundary = header.get_param("boundary")
-    if header.get_content_type() != "multipart/form-data" or not isinstance(boundary, str):
+    boundary = _header("content-type", content_type).get_param("boundary")
+    if not content_type.lower().startswith("multipart/form-data") or not isinstance(boundary, str):
         raise ValueError("expected a multipart/form-data body")
     fields = {}
     for part in body.split(b"--" + boundary.encode())[1:]:
@@ -30,11 +31,13 @@ def parse_form(content_type: str, body: bytes) -> dict[str, FormField]:
             break  # the closing delimiter
         head, separator, content = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
         if not separator:
-            raise ValueError("a multipart part without headers")
-        headers = dict(line.split(":", 1) for line in head.decode("utf-8").split("\r\n") if ":" in line)
-        disposition = next((value for name, value in headers.items() if name.strip().lower() == "content-disposition"), "")
-        params = _header_params(disposition.strip())
-        name = params.get_param("name", header="content-disposition")
+            raise ValueError("a part without headers")
+        headers = {}
+        for line in head.decode("utf-8").split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        disposition = _header("content-disposition", headers.get("content-disposition", ""))
+        name = disposition.get_param("name", header="content-disposition")
         if isinstance(name, str):
-            fields[name] = FormField(params.get_filename(), content.removesuffix(b"\r\n"))
+            fields[name] = FormField(disposition.get_filename(), content.removesuffix(b"\r\n"))
     return fields

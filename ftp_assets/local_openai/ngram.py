@@ -59,11 +59,8 @@ class NGramModel:
     def _orders(self, context: Context) -> list[tuple[float, Context]]:
         """(weight, context) of each order this model has seen, longest first."""
         before, last = context
-        return [
-            (weight, order_context)
-            for weight, order_context in ((ORDER_WEIGHTS[3], (before, last)), (ORDER_WEIGHTS[2], (last,)), (ORDER_WEIGHTS[1], ()))
-            if self.totals.get(order_context)
-        ]
+        orders = [(ORDER_WEIGHTS[3], (before, last)), (ORDER_WEIGHTS[2], (last,)), (ORDER_WEIGHTS[1], ())]
+        return [(weight, order_context) for weight, order_context in orders if self.totals.get(order_context)]
 
     def probability(self, context: Context, word: str) -> float:
         orders = self._orders(context)

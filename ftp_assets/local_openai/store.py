@@ -29,6 +29,21 @@ def new_id(prefix: str, length: int = 24) -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
+def file_record(filename: str, purpose: str, content: bytes) -> dict:
+    """A new file object, in OpenAI's shape."""
+    return {
+        "object": "file",
+        "id": new_id("file-"),
+        "bytes": len(content),
+        "created_at": int(time.time()),
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "expires_at": None,
+        "status_details": None,
+    }
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_bytes(data)
@@ -167,5 +182,6 @@ class Store:
     def model(self, job_id: str) -> NGramModel:
         with self._lock:
             if job_id not in self._models:
-                self._models[job_id] = NGramModel.from_json(json.loads((self.models_dir / f"{job_id}.json").read_text()))
+                counts = json.loads((self.models_dir / f"{job_id}.json").read_text())
+                self._models[job_id] = NGramModel.from_json(counts)
             return self._models[job_id]

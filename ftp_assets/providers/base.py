@@ -148,14 +148,21 @@ class BudgetExceeded(FineTuningError):
 
 
 class FineTuningTimeout(FineTuningError):
-    def __init__(self, *, job_id: str, timeout_s: float, last_status: str) -> None:
+    def __init__(self, *, job_id: str | None, timeout_s: float, last_status: str | None) -> None:
         self.job_id = job_id
         self.timeout_s = timeout_s
         self.last_status = last_status
-        super().__init__(
-            f"Fine-tuning job {job_id} did not finish within {timeout_s:g} s (last status "
-            f"{last_status}). It was left running: a re-run re-attaches to it instead of paying again."
-        )
+        if job_id is None:
+            message = (
+                f"Could not submit the fine-tuning job: the provider stayed unavailable for {timeout_s:g} s. "
+                "A re-run re-attaches to the job if one was created."
+            )
+        else:
+            message = (
+                f"Fine-tuning job {job_id} did not finish within {timeout_s:g} s (last status "
+                f"{last_status}). It was left running: a re-run re-attaches to it instead of paying again."
+            )
+        super().__init__(message)
 
 
 class ProviderUnavailable(FineTuningError):

@@ -89,8 +89,14 @@ class OpenAIFineTuningProvider:
             raise ValueError(f"job {job_id} has no result: its status is {job.status}")
         metrics_data = [event.data for event in self.new_events(job_id, frozenset()) if _is_metrics(event.data)]
         metrics_data.sort(key=lambda data: data["step"])
-        if not metrics_data:
-            metrics_data = self._checkpoint_metrics(job_id)
+        checkpoint_metrics = self._checkpoint_metrics(job_id)
+        # The loss over the whole validation file (OpenAI reports it with the final checkpoint)
+        # beats the per-step estimate on one validation batch.
+        final_valid_loss = _last_value(checkpoint_metrics, "full_valid_loss")
+        if final_valid_loss is None:
+            final_valid_loss = _last_value(metrics_data, "full_valid_loss", "valid_loss")
+        # Providers that keep no metrics events still list checkpoints.
+        metrics_data = metrics_data or checkpoint_metrics
         assert job.finished_at is not None  # a succeeded job has finished
         return FineTuneResult(
             model_id=job.fine_tuned_model,
@@ -98,17 +104,11 @@ class OpenAIFineTuningProvider:
             training_file_id=job.training_file_id,
             trained_tokens=job.trained_tokens,
             step_metrics=tuple(
-                StepMetrics(
-                    step=int(data["step"]),
-                    train_loss=data.get("train_loss"),
-                    valid_loss=data.get("valid_loss"),
-                )
+                StepMetrics(step=int(data["step"]), train_loss=data.get("train_loss"), valid_loss=data.get("valid_loss"))
                 for data in metrics_data
             ),
             final_train_loss=_last_value(metrics_data, "train_loss"),
-            # The loss over the full validation set where the provider reports it (OpenAI does at
-            # the end of an epoch), else the last batch estimate.
-            final_valid_loss=_last_value(metrics_data, "full_valid_loss", "valid_loss"),
+            final_valid_loss=final_valid_loss,
             duration_s=(job.finished_at - job.created_at).total_seconds(),
         )
 

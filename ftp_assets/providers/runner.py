@@ -18,14 +18,17 @@ from ftp_assets.providers.base import (
     FineTuningTimeout,
     JobEvent,
     ProviderUnavailable,
+    Submission,
 )
+
+Log = Callable[[str], None]
 
 
 def run_fine_tune(
     provider: FineTuningProvider,
     request: FineTuneRequest,
     *,
-    log: Callable[[str], None],
+    log: Log,
     estimated_cost_usd: float,
     budget_usd: float,
     timeout_s: float = 86_400,
@@ -38,14 +41,14 @@ def run_fine_tune(
     and return the result when the job succeeds.
 
     Raises :class:`BudgetExceeded` before anything is uploaded, :class:`FineTuningFailed` when the
-    job fails or is cancelled, :class:`FineTuningTimeout` after ``timeout_s``. An interruption that
-    is not an ``Exception`` (KeyboardInterrupt, Dagster's run termination) cancels the job and is
-    re-raised.
+    provider refuses the request or the job fails or is cancelled, :class:`FineTuningTimeout`
+    after ``timeout_s``. An interruption that is not an ``Exception`` (KeyboardInterrupt,
+    Dagster's run termination) cancels the job and is re-raised.
     """
     if estimated_cost_usd > budget_usd:
         raise BudgetExceeded(estimated_cost_usd=estimated_cost_usd, budget_usd=budget_usd)
-    deadline = clock() + timeout_s
-    submission = provider.submit(request)
+    backoff = _Backoff(timeout_s, poll_initial_s, poll_max_s, sleep, clock)
+    submission = _submit(provider, request, log, backoff)
     job = submission.job
     if submission.reattached:
         log(
@@ -55,46 +58,60 @@ def run_fine_tune(
     else:
         log(f"Started {provider.name} fine-tuning job {job.job_id} for task {request.task}.")
     try:
-        return _poll_until_done(
-            provider,
-            job,
-            log=log,
-            deadline=deadline,
-            timeout_s=timeout_s,
-            poll_initial_s=poll_initial_s,
-            poll_max_s=poll_max_s,
-            sleep=sleep,
-            clock=clock,
-        )
+        return _poll_until_done(provider, job, log, backoff)
     except Exception:
         # An error while polling leaves the job alone: a re-run re-attaches to it.
         raise
     except BaseException:
-        # Not an error but an interruption (KeyboardInterrupt, Dagster's run termination, which
-        # derives from BaseException): nobody will wait for the job, so stop paying for it.
-        _cancel_after_interruption(provider, job.job_id, log)
+        # An interruption (KeyboardInterrupt; Dagster's run termination also derives from
+        # BaseException only): nobody will wait for the job any more, so stop paying for it.
         raise
 
 
-def _poll_until_done(
-    provider: FineTuningProvider,
-    job: FineTuneJob,
-    *,
-    log: Callable[[str], None],
-    deadline: float,
-    timeout_s: float,
-    poll_initial_s: float,
-    poll_max_s: float,
-    sleep: Callable[[float], None],
-    clock: Callable[[], float],
-) -> FineTuneResult:
-    seen_event_ids: set[str] = set()
-    delay_s = poll_initial_s
+class _Backoff:
+    """Bounded exponential waits between calls to the provider, under one overall deadline."""
+
+    def __init__(
+        self,
+        timeout_s: float,
+        initial_s: float,
+        max_s: float,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.timeout_s = timeout_s
+        self._deadline = clock() + timeout_s
+        self._delay_s, self._max_s = initial_s, max_s
+        self._sleep, self._clock = sleep, clock
+
+    def wait(self, at_least_s: float | None = None) -> bool:
+        """Sleeps before the next call; False, without sleeping, once the deadline has passed."""
+        remaining_s = self._deadline - self._clock()
+        if remaining_s <= 0:
+            return False
+        self._sleep(min(max(self._delay_s, at_least_s or 0), remaining_s))
+        self._delay_s = min(self._delay_s * 2, self._max_s)
+        return True
+
+
+def _submit(provider: FineTuningProvider, request: FineTuneRequest, log: Log, backoff: _Backoff) -> Submission:
+    # Submitting again is safe: submit looks the job up before it creates anything.
     while True:
-        wait_s = delay_s
+        try:
+            return provider.submit(request)
+        except ProviderUnavailable as error:
+            log(f"Fine-tuning provider unavailable while submitting, trying again: {error}")
+            if not backoff.wait(error.retry_after_s):
+                raise FineTuningTimeout(job_id=None, timeout_s=backoff.timeout_s, last_status=None) from None
+
+
+def _poll_until_done(provider: FineTuningProvider, job: FineTuneJob, log: Log, backoff: _Backoff) -> FineTuneResult:
+    seen_event_ids: set[str] = set()
+    while True:
+        retry_after_s = None
         try:
             job = provider.status(job.job_id)
-            # Read after the status, so a terminal job's last events are logged before returning.
+            # Read after the status, so a finished job's last events are logged before it returns.
             for event in provider.new_events(job.job_id, seen_event_ids):
                 seen_event_ids.add(event.id)
                 log(_event_line(job.job_id, event))
@@ -107,18 +124,14 @@ def _poll_until_done(
                     job_id=job.job_id,
                 )
         except ProviderUnavailable as error:
-            wait_s = max(delay_s, error.retry_after_s or 0)
-            log(f"Fine-tuning provider unavailable, asking again in {wait_s:g} s: {error}")
-        remaining_s = deadline - clock()
-        if remaining_s <= 0:
-            raise FineTuningTimeout(job_id=job.job_id, timeout_s=timeout_s, last_status=job.status)
-        sleep(min(wait_s, remaining_s))
-        delay_s = min(delay_s * 2, poll_max_s)
+            retry_after_s = error.retry_after_s
+            log(f"Fine-tuning provider unavailable while polling job {job.job_id}, asking again: {error}")
+        if not backoff.wait(retry_after_s):
+            raise FineTuningTimeout(job_id=job.job_id, timeout_s=backoff.timeout_s, last_status=job.status)
 
 
-def _cancel_after_interruption(provider: FineTuningProvider, job_id: str, log: Callable[[str], None]) -> None:
-    """Cancel the job of an interrupted run; say why not when that fails, without hiding the
-    interruption itself."""
+def _cancel_after_interruption(provider: FineTuningProvider, job_id: str, log: Log) -> None:
+    """Cancels the job of an interrupted run, or says why not, without hiding the interruption."""
     try:
         job = provider.cancel(job_id)
     except Exception as error:

@@ -1,0 +1,252 @@
+"""Benchmark of the data path on PostgreSQL at 10 million posts.
+
+    python benchmarks/data_path.py [--pg postgresql://postgres@127.0.0.1:5432/postgres] [--reload]
+
+Loads 10 M synthetic posts with COPY into the database ``ftp_bench`` (kept between runs; --reload
+recreates it), then, for windows with about 100 k, 300 k and 1 M qualifying posts, times in
+separate processes (so peak RSS is each path's own):
+
+* floor: ``COPY (<the selection query>) TO STDOUT`` read by psycopg and discarded;
+* ours: ``collect_engaged_posts`` + ``build_training_files`` (the two assets' work);
+* naive (1 M window only unless --naive-all): ``pandas.read_sql`` of the window, then a Python
+  loop with the same cleaning, ``json.dumps`` and an exact token count per row.
+
+Prints wall time, peak RSS, database round trips, the ratios, and the plan of the query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+TOTAL_POSTS = 10_000_000
+END = datetime(2026, 11, 22, tzinfo=timezone.utc)
+# The benchmark week holds 2 M posts, about half qualifying; 8 M older posts fill 9 weeks before.
+WEEK_POSTS = 2_000_000
+DB = "ftp_bench"
+
+
+def _server(pg: str, database: str) -> str:
+    return pg.rsplit("/", 1)[0] + "/" + database
+
+
+def load(pg: str, reload: bool) -> None:
+    with psycopg.connect(pg, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
+        if exists and not reload:
+            with psycopg.connect(_server(pg, DB)) as bench:
+                if bench.execute("SELECT count(*) FROM posts").fetchone()[0] == TOTAL_POSTS:
+                    print(f"Reusing {TOTAL_POSTS:,} posts in database {DB} (--reload to recreate).")
+                    return
+        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB}")
+    from ftp_assets.posts_db import PostsDatabase, posts_table
+
+    url = _server(pg, DB)
+    table = posts_table()
+    indexes = list(table.indexes)
+    table.indexes.clear()  # build the indexes after the load: much faster than during it
+    db = PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
+    db.table = table
+    db.init_schema()
+    started = time.perf_counter()
+    rng = np.random.default_rng(42)
+    chunk = 500_000
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        with cur.copy("COPY posts FROM STDIN") as copy:
+            for first in range(0, TOTAL_POSTS, chunk):
+                copy.write(_chunk(rng, first, chunk))
+        for index in indexes:
+            cur.execute(str(__import__("sqlalchemy").schema.CreateIndex(index).compile(db.engine)))
+        conn.commit()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE posts")
+    print(f"Loaded {TOTAL_POSTS:,} posts with COPY and built the indexes in {time.perf_counter() - started:.1f} s.")
+
+
+def _chunk(rng: np.random.Generator, first: int, size: int) -> str:
+    ids = np.arange(first + 1, first + size + 1)
+    in_week = ids > TOTAL_POSTS - WEEK_POSTS
+    week_seconds = 7 * 86400
+    offsets = np.where(
+        in_week,
+        (TOTAL_POSTS - ids) / WEEK_POSTS * week_seconds,  # newest ids nearest to END
+        week_seconds + (TOTAL_POSTS - WEEK_POSTS - ids) / (TOTAL_POSTS - WEEK_POSTS) * 9 * week_seconds,
+    )
+    impressions = rng.integers(200, 5_000, size)
+    rates = np.where(rng.random(size) < 0.5, rng.uniform(0.061, 0.15, size), rng.uniform(0.0, 0.059, size))
+    engagements = (impressions * rates).astype(np.int64)
+    extras = rng.integers(0, 100, size)
+    lines = []
+    for post_id, offset, imp, eng, extra in zip(ids.tolist(), offsets.tolist(), impressions.tolist(),
+                                                engagements.tolist(), extras.tolist()):  # fmt: skip
+        created = (END - timedelta(seconds=offset + 1)).isoformat()
+        hook = f"Post {post_id}: {extra} things I learned shipping small?"
+        if extra == 7:
+            hook += " write me at dev{post_id}@example.com"
+        body = f"We rewrote onboarding {post_id} times 🚀\\nKeep the first version small and ship it on day {extra}."
+        if extra == 9:
+            body += " Call +1 (555) 010-2030."
+        lines.append(f"{post_id}\tpersona_{extra % 5}\tTopic {extra}: growing an audience\t{hook}\t{body}\t"
+                     f"{created}\t{imp}\t{eng}\tgpt-4o-mini\tgpt-4o-mini\n")  # fmt: skip
+    return "".join(lines)
+
+
+def windows() -> list[tuple[str, datetime, datetime]]:
+    week = timedelta(days=7)
+    return [("100k", END - week * 0.1, END), ("300k", END - week * 0.3, END), ("1M", END - week, END)]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_floor(url: str, start: datetime, end: datetime, queue) -> None:
+    from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window
+
+    db = PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
+    query = db.selection_query(Window(start, end), SelectionRule())
+    sql = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
+    started = time.perf_counter()
+    rows = 0
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SET TRANSACTION READ ONLY")
+        with cur.copy(f"COPY ({sql}) TO STDOUT") as copy:
+            for block in copy:
+                rows += bytes(block).count(b"\n")
+    queue.put({"seconds": time.perf_counter() - started, "rss_mb": _rss_mb(), "rows": rows, "round_trips": 2})
+
+
+def run_ours(url: str, start: datetime, end: datetime, queue) -> None:
+    import sqlalchemy as sa
+
+    from ftp_assets import posts_db
+    from ftp_assets.data_path import DatasetOptions, build_training_files, collect_engaged_posts
+
+    db = posts_db.PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
+    statements = 0
+
+    def count(*_):
+        nonlocal statements
+        statements += 1
+
+    sa.event.listen(db.engine, "before_cursor_execute", count)
+    fetches = 0
+    stream = db.stream_selection
+
+    def counted_stream(*args, **kwargs):
+        nonlocal fetches
+        for batch in stream(*args, **kwargs):
+            fetches += 1
+            yield batch
+
+    db.stream_selection = counted_stream
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        engaged = collect_engaged_posts(db, "body", posts_db.Window(start, end), posts_db.SelectionRule(),
+                                        Path(folder) / "engaged.parquet")  # fmt: skip
+        middle = time.perf_counter()
+        dataset = build_training_files(engaged, Path(folder), DatasetOptions())
+        finished = time.perf_counter()
+    # Each server-side batch is one FETCH; +1 for the last, empty one.
+    queue.put({
+        "seconds": finished - started, "engaged_seconds": middle - started, "jsonl_seconds": finished - middle,
+        "rss_mb": _rss_mb(), "rows": engaged.rows, "examples": dataset.examples,
+        "round_trips": statements + fetches + 1, "token_rse": dataset.tokens_relative_standard_error,
+    })  # fmt: skip
+
+
+def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
+    import pandas as pd
+
+    from ftp_assets.domain.cleaning import clean_text, dedup_key, looks_like_injection
+    from ftp_assets.domain.dataset import build_example, count_tokens, is_validation, system_message
+
+    started = time.perf_counter()
+    with psycopg.connect(url) as conn:
+        frame = pd.read_sql(
+            "SELECT * FROM posts WHERE created_at >= %(start)s AND created_at < %(end)s "
+            "AND impressions >= 100 AND engagements <= impressions "
+            "AND engagements::float8 / NULLIF(impressions, 0) >= 0.06",
+            conn, params={"start": start, "end": end},
+        )  # fmt: skip
+    frame["rate"] = frame.engagements / frame.impressions
+    frame = frame.sort_values(["rate", "id"], ascending=[False, True])
+    seen, kept = set(), 0
+    with tempfile.TemporaryDirectory() as folder, open(Path(folder) / "t.jsonl", "w") as out:
+        for row in frame.itertuples():
+            texts = [clean_text(row.original_input), clean_text(row.hook), clean_text(row.body)]
+            if any(t is None for t in texts) or any(looks_like_injection(t.text) for t in texts):
+                continue
+            key = dedup_key(texts[2].text)
+            if key in seen:
+                continue
+            seen.add(key)
+            example = build_example("body", system_message(row.persona_id, "body", {}), texts[0].text,
+                                    texts[1].text, texts[2].text)  # fmt: skip
+            if count_tokens(example["messages"]) > 4096:
+                continue
+            is_validation(row.id, 0.1)
+            out.write(json.dumps(example, ensure_ascii=False) + "\n")
+            kept += 1
+    queue.put({"seconds": time.perf_counter() - started, "rss_mb": _rss_mb(), "rows": kept, "round_trips": 1})
+
+
+def measure(target, url: str, start: datetime, end: datetime) -> dict:
+    """Run ``target`` in a fresh process, so its peak RSS is its own."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(url, start, end, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def explain(url: str) -> str:
+    from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window
+
+    db = PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
+    query = db.selection_query(Window(END - timedelta(days=7), END), SelectionRule())
+    sql = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
+    with psycopg.connect(url) as conn:
+        return "\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--reload", action="store_true")
+    parser.add_argument("--naive-all", action="store_true", help="also run the naive path on the small windows")
+    args = parser.parse_args()
+    load(args.pg, args.reload)
+    url = _server(args.pg, DB)
+    print("\nPlan of the selection query (1 M window):\n" + explain(url) + "\n")
+    header = f"{'window':>6} {'path':>6} {'rows':>9} {'seconds':>8} {'peak MB':>8} {'trips':>6} {'vs floor':>9} {'naive/ours':>10}"
+    print(header)
+    for name, start, end in windows():
+        floor = measure(run_floor, url, start, end)
+        ours = measure(run_ours, url, start, end)
+        naive = measure(run_naive, url, start, end) if (name == "1M" or args.naive_all) else None
+        for path, figures in (("floor", floor), ("ours", ours), ("naive", naive)):
+            if figures is None:
+                continue
+            ratio = figures["seconds"] / floor["seconds"]
+            speedup = f"{naive['seconds'] / ours['seconds']:.1f}x" if naive and path == "ours" else ""
+            print(f"{name:>6} {path:>6} {figures['rows']:>9,} {figures['seconds']:>8.2f} {figures['rss_mb']:>8.0f} "
+                  f"{figures['round_trips']:>6} {ratio:>8.1f}x {speedup:>10}", flush=True)  # fmt: skip
+        print(f"{'':>6} ours: engaged_posts {ours['engaged_seconds']:.2f} s, training_jsonl {ours['jsonl_seconds']:.2f} s, "
+              f"token estimate relative standard error {ours['token_rse']:.3%}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""helm-values.yaml is valid for Dagster's Helm chart and says what we mean.
+
+Validated as Helm does before rendering: the chart's defaults coalesced with our values (maps
+merge recursively, lists and scalars replace, null deletes), the user-deployments subchart's
+defaults coalesced under `dagster-user-deployments` with the parent's globals, then each chart's
+values checked against its own JSON schema (Draft 7). The schemas' Kubernetes `$ref`s point at a
+remote file that cannot be fetched here; they resolve to permissive `{}`, so Kubernetes-typed
+fields are checked by the project-specific tests below rather than by the schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource
+from referencing.jsonschema import DRAFT7
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "deploy" / "helm-chart"
+VALUES_FILE = ROOT / "helm-values.yaml"
+DOCS_FILE = ROOT / "docs" / "kubernetes.md"
+SUBCHART = "dagster-user-deployments"
+KUBERNETES_DEFINITIONS = "https://kubernetesjsonschema.dev/v1.18.0/_definitions.json"
+FINE_TUNE_TAG = "ftp/fine-tune-task"
+SECRET_NAME = re.compile(r"KEY|PASSWORD|TOKEN|SECRET|CREDENTIAL", re.IGNORECASE)
+# Keys of chart values that would hold a secret (not `...SecretName`, which names a Secret).
+SECRET_VALUE_KEY = re.compile(r"password|token|api_?key", re.IGNORECASE)
+URL_WITH_CREDENTIALS = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
+
+
+# --- Helm's coalescing ---------------------------------------------------------------------------
+
+
+def coalesce(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Helm's value coalescing: `values` wins; maps merge, anything else replaces; null deletes."""
+    merged = copy.deepcopy(defaults)
+    for key, value in values.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = coalesce(value, merged[key])
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    with path.open() as f:
+        return yaml.safe_load(f)
+
+
+def coalesce_chart(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parent chart's values and the subchart's, as Helm hands them to validation."""
+    parent = coalesce(values, load_yaml(CHART / "values.yaml"))
+    subchart = coalesce(parent.get(SUBCHART, {}), load_yaml(CHART / "user-deployments.values.yaml"))
+    # Parent globals override the subchart's own.
+    subchart["global"] = coalesce(parent.get("global", {}), subchart.get("global", {}))
+    parent[SUBCHART] = subchart
+    return parent, subchart
+
+
+# --- Schema validation ---------------------------------------------------------------------------
+
+
+def _remote_refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith(KUBERNETES_DEFINITIONS):
+            yield ref
+        for child in node.values():
+            yield from _remote_refs(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _remote_refs(child)
+
+
+def _permissive_kubernetes_definitions(schemas: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stand-in for the Kubernetes definitions file: `{}` at every pointer the schemas use."""
+    document: dict[str, Any] = {}
+    for schema in schemas:
+        for ref in _remote_refs(schema):
+            node = document
+            for part in ref.partition("#/")[2].split("/"):
+                node = node.setdefault(part, {})
+    return document
+
+
+def validator_for(schema: dict[str, Any], all_schemas: list[dict[str, Any]]) -> jsonschema.Draft7Validator:
+    stand_in = Resource.from_contents(
+        _permissive_kubernetes_definitions(all_schemas), default_specification=DRAFT7
+    )
+
+    def retrieve(uri: str) -> Resource:
+        if uri == KUBERNETES_DEFINITIONS:
+            return stand_in
+        raise NoSuchResource(ref=uri)  # any other remote reference is a real problem
+
+    return jsonschema.Draft7Validator(schema, registry=Registry(retrieve=retrieve))
+
+
+def validate_as_helm(values: dict[str, Any]) -> None:
+    """Raise jsonschema.ValidationError if Helm would reject these values."""
+    parent_schema = json.loads((CHART / "values.schema.json").read_text())
+    subchart_schema = json.loads((CHART / "user-deployments.values.schema.json").read_text())
+    schemas = [parent_schema, subchart_schema]
+    parent, subchart = coalesce_chart(values)
+    for schema, instance in ((parent_schema, parent), (subchart_schema, subchart)):
+        error = jsonschema.exceptions.best_match(validator_for(schema, schemas).iter_errors(instance))
+        if error is not None:
+            raise error
+
+
+@pytest.fixture
+def values() -> dict[str, Any]:
+    return load_yaml(VALUES_FILE)
+
+
+@pytest.fixture
+def merged(values: dict[str, Any]) -> dict[str, Any]:
+    return coalesce_chart(values)[0]
+
+
+def _deployment(merged: dict[str, Any]) -> dict[str, Any]:
+    (deployment,) = [d for d in merged[SUBCHART]["deployments"] if d["name"] == "ftp-assets"]
+    return deployment
+
+
+# --- The tests -------------------------------------------------------------------------------------
+
+
+def test_chart_defaults_alone_are_valid() -> None:
+    """The validator itself works: the chart's own defaults pass."""
+    validate_as_helm({})
+
+
+def test_helm_values_are_valid_for_the_chart(values: dict[str, Any]) -> None:
+    validate_as_helm(values)
+
+
+def _set(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    broken = copy.deepcopy(values)
+    node: Any = broken
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[last] = value
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("path", "bad_value"),
+    [
+        ("dagster-user-deployments.deployments.0.port", "3030"),  # string for an integer
+        ("runLauncher.type", "K8SRunLauncher"),  # not one of the enum's values
+        ("dagsterDaemon.runCoordinator.config.queuedRunCoordinator.maxConcurrentRuns", "ten"),
+        ("dagsterDaemon.runCoordinator.config.queuedRunCoordinator.tagConcurrencyLimits.0.limt", 1),
+        ("dagster-user-deployments.deployments.0.image.pullPolicy", "Sometimes"),
+        ("postgresql.enabled", "false"),  # a string, not a boolean
+        ("telemetry.enabled", "no"),
+    ],
+)
+def test_validation_rejects_broken_values(values: dict[str, Any], path: str, bad_value: Any) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        validate_as_helm(_set(values, path, bad_value))
+
+
+def test_validation_rejects_a_deployment_missing_a_required_field(values: dict[str, Any]) -> None:
+    broken = copy.deepcopy(values)
+    del broken[SUBCHART]["deployments"][0]["image"]  # lists replace: no default fills it in
+    with pytest.raises(jsonschema.ValidationError, match="'image' is a required property"):
+        validate_as_helm(broken)
+
+
+def test_kubernetes_typed_fields_are_not_checked_by_the_schema(values: dict[str, Any]) -> None:
+    """The known blind spot (see docs/kubernetes.md): nonsense under a Kubernetes `$ref` passes
+    the offline schema check; the resource and env tests below cover what we rely on."""
+    validate_as_helm(_set(values, "dagster-user-deployments.deployments.0.resources", {"requests": "lots"}))
+
+
+def test_user_deployment_serves_the_code_location(merged: dict[str, Any]) -> None:
+    deployment = _deployment(merged)
+    args = deployment["dagsterApiGrpcArgs"]
+    assert args[args.index("--module-name") + 1] == "ftp_assets.definitions"
+    assert deployment["port"] == 3030  # the port deploy/Dockerfile exposes
+    assert merged[SUBCHART]["enabled"] and merged[SUBCHART]["enableSubchart"]
+
+
+def test_runs_launch_as_kubernetes_jobs_with_one_fine_tune_per_task(merged: dict[str, Any]) -> None:
+    assert merged["runLauncher"]["type"] == "K8sRunLauncher"
+    coordinator = merged["dagsterDaemon"]["runCoordinator"]
+    assert coordinator["enabled"] and coordinator["type"] == "QueuedRunCoordinator"
+    queue = coordinator["config"]["queuedRunCoordinator"]
+    assert isinstance(queue["maxConcurrentRuns"], int) and queue["maxConcurrentRuns"] > 0
+    assert {
+        "key": FINE_TUNE_TAG,
+        "value": {"applyLimitPerUniqueValue": True},
+        "limit": 1,
+    } in queue["tagConcurrencyLimits"]
+    retries = merged["dagsterDaemon"]["runRetries"]
+    assert retries["enabled"] and retries["maxRetries"] == 2
+    assert merged["telemetry"]["enabled"] is False
+
+
+def test_instance_uses_the_external_postgresql(merged: dict[str, Any]) -> None:
+    pg = merged["postgresql"]
+    assert pg["enabled"] is False and pg["postgresqlHost"]
+    assert pg["postgresqlScheme"] == "postgresql+psycopg2"
+    # The password lives only in the Secret the chart is told not to generate.
+    assert merged["generatePostgresqlPasswordSecret"] is False
+    assert merged["global"]["postgresqlSecretName"]
+    assert pg["postgresqlPassword"] == ""
+    assert merged[SUBCHART]["global"]["postgresqlSecretName"] == merged["global"]["postgresqlSecretName"]
+
+
+def _env_entries(node: Any, path: str = "") -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Every environment variable set anywhere in the values: (where, name, entry)."""
+    if isinstance(node, dict):
+        for key, child in node.items():
+            where = f"{path}.{key}" if path else key
+            if key == "env" and isinstance(child, list):
+                for entry in child:
+                    yield where, entry.get("name", ""), entry
+            elif key == "env" and isinstance(child, dict):
+                for name, value in child.items():
+                    yield where, name, {"name": name, "value": value}
+            elif key == "envVars" and isinstance(child, list):
+                for item in child:
+                    name, _, value = item.partition("=")
+                    yield where, name, {"name": name, "value": value} if value else {"name": name}
+            else:
+                yield from _env_entries(child, where)
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield from _env_entries(child, f"{path}.{index}")
+
+
+def test_no_secret_is_inline(values: dict[str, Any], merged: dict[str, Any]) -> None:
+    entries = list(_env_entries(merged))
+    assert entries, "no env var found: the walk is broken"
+    for where, name, entry in entries:
+        value = entry.get("value")
+        assert value is None or isinstance(value, str), f"{where}: {name} must be a string"
+        if SECRET_NAME.search(name):
+            assert value is None, f"{where}: {name} is set inline; it must come from a Secret"
+        if value is not None:
+            assert not URL_WITH_CREDENTIALS.search(value), f"{where}: {name} holds credentials"
+    # Nor anywhere else in our values: no password-like key with a value, no URL with user:pw@.
+    for where, key, value in _scalars(values):
+        if isinstance(value, str):
+            assert not URL_WITH_CREDENTIALS.search(value), f"{where} holds credentials"
+            if SECRET_VALUE_KEY.search(key):
+                assert value == "", f"{where} is set inline; it must come from a Secret"
+
+
+def _scalars(node: Any, path: str = "", key: str = "") -> Iterator[tuple[str, str, Any]]:
+    if isinstance(node, dict):
+        for child_key, child in node.items():
+            yield from _scalars(child, f"{path}.{child_key}" if path else child_key, child_key)
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield from _scalars(child, f"{path}.{index}", key)
+    else:
+        yield path, key, node
+
+
+def test_code_server_and_runs_get_the_secrets_and_the_mlflow_uri(merged: dict[str, Any]) -> None:
+    deployment = _deployment(merged)
+    launcher = merged["runLauncher"]["config"]["k8sRunLauncher"]
+    secret_names = {s["name"] for s in deployment["envSecrets"]}
+    assert secret_names and secret_names == {s["name"] for s in launcher["envSecrets"]}
+
+    def plain_env(entries: list[dict[str, Any]]) -> dict[str, str]:
+        return {e["name"]: e["value"] for e in entries if "value" in e}
+
+    server_env = plain_env(deployment["env"])
+    run_env = plain_env(launcher["runK8sConfig"]["containerConfig"]["env"])
+    assert server_env["MLFLOW_TRACKING_URI"].startswith(("http://", "https://"))
+    assert run_env == server_env
+
+    # The Secrets the docs tell people to create are the ones the values use, with every key.
+    docs = DOCS_FILE.read_text()
+    for name in secret_names:
+        command = re.search(rf"create secret generic {re.escape(name)}\b(?:[^\n]*\\\n)*[^\n]*", docs)
+        assert command, f"docs/kubernetes.md does not create Secret {name}"
+        for key in ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            assert f"--from-literal={key}=" in command.group(0), f"{name} lacks {key}"
+    pg_secret = merged["global"]["postgresqlSecretName"]
+    command = re.search(rf"create secret generic {re.escape(pg_secret)}\b(?:[^\n]*\\\n)*[^\n]*", docs)
+    assert command, f"docs/kubernetes.md does not create Secret {pg_secret}"
+    for key in ("postgresql-username", "postgresql-password"):  # the keys the chart reads
+        assert f"--from-literal={key}=" in command.group(0), f"{pg_secret} lacks {key}"
+
+
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|Ti)?$")
+_UNITS = {None: 1, "m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _quantity(value: Any) -> float:
+    match = _QUANTITY.match(str(value))
+    assert match, f"not a Kubernetes quantity: {value!r}"
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "dagster-user-deployments.deployments.0.resources",
+        "dagsterWebserver.resources",
+        "dagsterDaemon.resources",
+        "runLauncher.config.k8sRunLauncher.resources",
+    ],
+)
+def test_every_pod_has_requests_within_limits(merged: dict[str, Any], path: str) -> None:
+    node: Any = merged
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    assert set(node) == {"requests", "limits"}, path
+    for resource in ("cpu", "memory"):
+        request, limit = node["requests"][resource], node["limits"][resource]
+        assert 0 < _quantity(request) <= _quantity(limit), f"{path}.{resource}: {request} > {limit}"
