@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
@@ -85,20 +84,39 @@ def _chunk(rng: np.random.Generator, first: int, size: int) -> str:
     impressions = rng.integers(200, 5_000, size)
     rates = np.where(rng.random(size) < 0.5, rng.uniform(0.061, 0.15, size), rng.uniform(0.0, 0.059, size))
     engagements = (impressions * rates).astype(np.int64)
-    extras = rng.integers(0, 100, size)
+    words = [rng.integers(0, len(vocabulary), size).tolist() for vocabulary in _VOCABULARY]
+    extras = rng.integers(0, 1000, size).tolist()
     lines = []
-    for post_id, offset, imp, eng, extra in zip(ids.tolist(), offsets.tolist(), impressions.tolist(),
-                                                engagements.tolist(), extras.tolist()):  # fmt: skip
+    for row, (post_id, offset, imp, eng) in enumerate(zip(ids.tolist(), offsets.tolist(), impressions.tolist(),
+                                                          engagements.tolist())):  # fmt: skip
+        w = [vocabulary[choice[row]] for vocabulary, choice in zip(_VOCABULARY, words)]
+        extra = extras[row]
         created = (END - timedelta(seconds=offset + 1)).isoformat()
-        hook = f"Post {post_id}: {extra} things I learned shipping small?"
+        hook = f"{w[0]} {extra % 20 + 2} {w[1]} {w[2]} about {w[3]}?"
+        body = (f"{w[4]} we {w[5]} the {w[3]} for {w[6]} weeks 🚀\\nWhat changed: {w[7]} {w[1]}, "
+                f"then {w[5]} it again. Try this: {w[0].lower()} {w[2]}.")
         if extra == 7:
-            hook += " write me at dev{post_id}@example.com"
-        body = f"We rewrote onboarding {post_id} times 🚀\\nKeep the first version small and ship it on day {extra}."
+            hook += " Ask me at jordan.lee@example.com"
         if extra == 9:
             body += " Call +1 (555) 010-2030."
-        lines.append(f"{post_id}\tpersona_{extra % 5}\tTopic {extra}: growing an audience\t{hook}\t{body}\t"
+        lines.append(f"{post_id}\tpersona_{extra % 5}\tTopic: {w[3]} for {w[6]}\t{hook}\t{body}\t"
                      f"{created}\t{imp}\t{eng}\tgpt-4o-mini\tgpt-4o-mini\n")  # fmt: skip
     return "".join(lines)
+
+
+_VOCABULARY = [
+    ["Here are", "Why", "How", "Stop guessing:", "The truth about", "Nobody tells you", "I tried", "Steal these"],
+    ["habits", "mistakes", "lessons", "rules", "tricks", "questions", "numbers", "ideas", "tools", "myths"],
+    ["that doubled my reach", "I wish I knew", "for busy founders", "that actually work", "to skip",
+     "behind every launch", "from 90 days of posting", "no one talks about"],
+    [f"{a} {b}" for a in ("pricing", "onboarding", "hiring", "writing", "design", "sales", "fitness", "saving")
+     for b in ("pages", "emails", "calls", "notes", "plans", "reviews", "drafts", "demos")],
+    ["Honestly,", "Last year", "At first", "For months", "Twice", "Quietly", "Every Friday", "Somehow"],
+    ["rewrote", "rebuilt", "tested", "simplified", "cut", "priced", "shipped", "measured", "dropped", "doubled"],
+    [str(n) for n in range(1, 53)],
+    ["fewer steps", "shorter copy", "one metric", "a weekly review", "smaller scope", "real deadlines",
+     "public notes", "a checklist", "less polish", "more questions"],
+]
 
 
 def windows() -> list[tuple[str, datetime, datetime]]:
@@ -107,7 +125,10 @@ def windows() -> list[tuple[str, datetime, datetime]]:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process's own memory (VmHWM): ru_maxrss would carry the parent's peak."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def run_floor(url: str, start: datetime, end: datetime, queue) -> None:

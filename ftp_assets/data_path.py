@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ftp_assets.domain.chat_format import format_error
-from ftp_assets.domain.cleaning import clean_text, dedup_key, looks_like_injection
+from ftp_assets.domain.cleaning import clean_fields, dedup_key
 from ftp_assets.domain.dataset import (
     SplitFile,
     TokenStats,
@@ -88,28 +88,18 @@ def collect_engaged_posts(
     preview: list[dict] = []
     rows = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    target_index = 3 if task == "hook" else 4  # the text the model learns to write
+    # Row positions of original_input, hook and body: what the task's example needs.
     needed = (2, 3) if task == "hook" else (2, 3, 4)
 
     with pq.ParquetWriter(out_path, ENGAGED_SCHEMA) as writer:
         for batch in db.stream_selection(window, rule, batch_size=batch_size):
             columns: dict[str, list] = {name: [] for name in ENGAGED_SCHEMA.names}
             for row in batch:
-                raw = [row[i] for i in needed]
-                if any(text is None or not text.strip() for text in raw):
-                    rejected["missing_text"] += 1
+                reason, cleaned = clean_fields(tuple(row[i] for i in needed), max_text_chars)
+                if reason:
+                    rejected[reason] += 1
                     continue
-                if any(len(text) > max_text_chars for text in raw):
-                    rejected["too_long"] += 1
-                    continue
-                cleaned = [clean_text(text) for text in raw]
-                if any(c is None for c in cleaned):
-                    rejected["missing_text"] += 1
-                    continue
-                if any(looks_like_injection(c.text) for c in cleaned):
-                    rejected["model_instructions"] += 1
-                    continue
-                target = cleaned[needed.index(target_index)].text
+                target = cleaned[-1].text  # the text the model learns to write comes last
                 exact = hash(target)
                 if exact in seen_exact:
                     rejected["duplicate_exact"] += 1

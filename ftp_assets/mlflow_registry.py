@@ -92,7 +92,7 @@ def log_fine_tune_run(
     task and ``dagster_run_id``. Each call records a new run; one that fails half-way is marked
     FAILED rather than left RUNNING.
     """
-    model_name(task)
+    model_name(task)  # refuses an unknown task before anything is recorded
     _refuse_secrets(params)
     run = client.create_run(
         _experiment_id(client),

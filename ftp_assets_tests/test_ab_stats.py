@@ -241,15 +241,26 @@ def test_impossible_sufficient_statistics_are_rejected(fields):
 
 
 def test_sufficient_statistics_from_a_database_are_converted():
-    arm = ArmStats(n=Decimal(3), sum_x=Decimal(6), sum_y=Decimal(60), sum_x2=Decimal(14), sum_y2=Decimal(1400), sum_xy=Decimal(140))
+    # PostgreSQL's SUM over bigint arrives as Decimal.
+    arm = ArmStats(
+        n=Decimal(3), sum_x=Decimal(6), sum_y=Decimal(60), sum_x2=Decimal(14), sum_y2=Decimal(1400), sum_xy=Decimal(140)
+    )
     assert arm == ArmStats.from_arrays([1, 2, 3], [10, 20, 30])
     assert isinstance(arm.n, int) and isinstance(arm.sum_x, float)
 
 
 @pytest.mark.parametrize(
     "settings",
-    [dict(alpha=0), dict(alpha=1), dict(challenger_share=0), dict(challenger_share=1), dict(minimum_detectable_effect=0),
-     dict(power=0.4), dict(power=1), dict(sequential_tuning=0)],
+    [
+        dict(alpha=0),
+        dict(alpha=1),
+        dict(challenger_share=0),
+        dict(challenger_share=1),
+        dict(minimum_detectable_effect=0),
+        dict(power=0.4),
+        dict(power=1),
+        dict(sequential_tuning=0),
+    ],
 )
 def test_invalid_settings_are_rejected(settings):
     arm = ArmStats.from_arrays([1, 2, 3], [10, 20, 30])
@@ -336,13 +347,18 @@ def test_a_sample_ratio_mismatch_is_never_promoted(running_analysis, lower, widt
     assert "sample ratio mismatch" in decision.reason
 
 
-@given(st.floats(min_value=-1, max_value=1), st.floats(min_value=0, max_value=1), st.floats(min_value=0, max_value=0.2))
+@given(
+    st.floats(min_value=-1, max_value=1),
+    st.floats(min_value=0, max_value=1),
+    st.floats(min_value=0, max_value=0.2),
+)
 def test_promotion_needs_the_whole_always_valid_interval_above_the_minimum_lift(running_analysis, lower, width, bar):
     analysis = with_interval(running_analysis, lower, lower + width)
-    decision = decide(analysis, minimum_lift=bar, started_at=START, now=START + timedelta(hours=5))
+    timing = dict(started_at=START, now=START + timedelta(hours=5))
+    decision = decide(analysis, minimum_lift=bar, **timing)
     assert (decision.decision == "promote") == (lower > bar)
     # The fixed-horizon interval never enters the decision.
-    assert decide(replace(analysis, fixed_ci_lower=1.0), minimum_lift=bar, started_at=START, now=START + timedelta(hours=5)) == decision
+    assert decide(replace(analysis, fixed_ci_lower=1.0), minimum_lift=bar, **timing) == decision
 
 
 @pytest.mark.parametrize(

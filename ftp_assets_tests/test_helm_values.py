@@ -30,6 +30,7 @@ VALUES_FILE = ROOT / "helm-values.yaml"
 DOCS_FILE = ROOT / "docs" / "kubernetes.md"
 SUBCHART = "dagster-user-deployments"
 KUBERNETES_DEFINITIONS = "https://kubernetesjsonschema.dev/v1.18.0/_definitions.json"
+QUEUE = "dagsterDaemon.runCoordinator.config.queuedRunCoordinator"
 FINE_TUNE_TAG = "ftp/fine-tune-task"
 SECRET_NAME = re.compile(r"KEY|PASSWORD|TOKEN|SECRET|CREDENTIAL", re.IGNORECASE)
 # Keys of chart values that would hold a secret (not `...SecretName`, which names a Secret).
@@ -94,7 +95,9 @@ def _permissive_kubernetes_definitions(schemas: list[dict[str, Any]]) -> dict[st
     return document
 
 
-def validator_for(schema: dict[str, Any], all_schemas: list[dict[str, Any]]) -> jsonschema.Draft7Validator:
+def validator_for(
+    schema: dict[str, Any], all_schemas: list[dict[str, Any]]
+) -> jsonschema.Draft7Validator:
     stand_in = Resource.from_contents(
         _permissive_kubernetes_definitions(all_schemas), default_specification=DRAFT7
     )
@@ -114,7 +117,8 @@ def validate_as_helm(values: dict[str, Any]) -> None:
     schemas = [parent_schema, subchart_schema]
     parent, subchart = coalesce_chart(values)
     for schema, instance in ((parent_schema, parent), (subchart_schema, subchart)):
-        error = jsonschema.exceptions.best_match(validator_for(schema, schemas).iter_errors(instance))
+        errors = validator_for(schema, schemas).iter_errors(instance)
+        error = jsonschema.exceptions.best_match(errors)
         if error is not None:
             raise error
 
@@ -134,7 +138,7 @@ def _deployment(merged: dict[str, Any]) -> dict[str, Any]:
     return deployment
 
 
-# --- The tests -------------------------------------------------------------------------------------
+# --- The tests ---------------------------------------------------------------------------------
 
 
 def test_chart_defaults_alone_are_valid() -> None:
@@ -161,14 +165,16 @@ def _set(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     [
         ("dagster-user-deployments.deployments.0.port", "3030"),  # string for an integer
         ("runLauncher.type", "K8SRunLauncher"),  # not one of the enum's values
-        ("dagsterDaemon.runCoordinator.config.queuedRunCoordinator.maxConcurrentRuns", "ten"),
-        ("dagsterDaemon.runCoordinator.config.queuedRunCoordinator.tagConcurrencyLimits.0.limt", 1),
+        (f"{QUEUE}.maxConcurrentRuns", "ten"),
+        (f"{QUEUE}.tagConcurrencyLimits.0.limt", 1),  # misspelt key: additionalProperties false
         ("dagster-user-deployments.deployments.0.image.pullPolicy", "Sometimes"),
         ("postgresql.enabled", "false"),  # a string, not a boolean
         ("telemetry.enabled", "no"),
     ],
 )
-def test_validation_rejects_broken_values(values: dict[str, Any], path: str, bad_value: Any) -> None:
+def test_validation_rejects_broken_values(
+    values: dict[str, Any], path: str, bad_value: Any
+) -> None:
     with pytest.raises(jsonschema.ValidationError):
         validate_as_helm(_set(values, path, bad_value))
 
@@ -183,7 +189,8 @@ def test_validation_rejects_a_deployment_missing_a_required_field(values: dict[s
 def test_kubernetes_typed_fields_are_not_checked_by_the_schema(values: dict[str, Any]) -> None:
     """The known blind spot (see docs/kubernetes.md): nonsense under a Kubernetes `$ref` passes
     the offline schema check; the resource and env tests below cover what we rely on."""
-    validate_as_helm(_set(values, "dagster-user-deployments.deployments.0.resources", {"requests": "lots"}))
+    nonsense = {"requests": "lots"}
+    validate_as_helm(_set(values, "dagster-user-deployments.deployments.0.resources", nonsense))
 
 
 def test_user_deployment_serves_the_code_location(merged: dict[str, Any]) -> None:
@@ -194,7 +201,9 @@ def test_user_deployment_serves_the_code_location(merged: dict[str, Any]) -> Non
     assert merged[SUBCHART]["enabled"] and merged[SUBCHART]["enableSubchart"]
 
 
-def test_runs_launch_as_kubernetes_jobs_with_one_fine_tune_per_task(merged: dict[str, Any]) -> None:
+def test_runs_launch_as_kubernetes_jobs_with_one_fine_tune_per_task(
+    merged: dict[str, Any],
+) -> None:
     assert merged["runLauncher"]["type"] == "K8sRunLauncher"
     coordinator = merged["dagsterDaemon"]["runCoordinator"]
     assert coordinator["enabled"] and coordinator["type"] == "QueuedRunCoordinator"
@@ -218,7 +227,8 @@ def test_instance_uses_the_external_postgresql(merged: dict[str, Any]) -> None:
     assert merged["generatePostgresqlPasswordSecret"] is False
     assert merged["global"]["postgresqlSecretName"]
     assert pg["postgresqlPassword"] == ""
-    assert merged[SUBCHART]["global"]["postgresqlSecretName"] == merged["global"]["postgresqlSecretName"]
+    subchart_global = merged[SUBCHART]["global"]
+    assert subchart_global["postgresqlSecretName"] == merged["global"]["postgresqlSecretName"]
 
 
 def _env_entries(node: Any, path: str = "") -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -235,12 +245,24 @@ def _env_entries(node: Any, path: str = "") -> Iterator[tuple[str, str, dict[str
             elif key == "envVars" and isinstance(child, list):
                 for item in child:
                     name, _, value = item.partition("=")
+                    # NAME alone passes the daemon's own value through: nothing inline.
                     yield where, name, {"name": name, "value": value} if value else {"name": name}
             else:
                 yield from _env_entries(child, where)
     elif isinstance(node, list):
         for index, child in enumerate(node):
             yield from _env_entries(child, f"{path}.{index}")
+
+
+def _scalars(node: Any, path: str = "", key: str = "") -> Iterator[tuple[str, str, Any]]:
+    if isinstance(node, dict):
+        for child_key, child in node.items():
+            yield from _scalars(child, f"{path}.{child_key}" if path else child_key, child_key)
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield from _scalars(child, f"{path}.{index}", key)
+    else:
+        yield path, key, node
 
 
 def test_no_secret_is_inline(values: dict[str, Any], merged: dict[str, Any]) -> None:
@@ -261,18 +283,9 @@ def test_no_secret_is_inline(values: dict[str, Any], merged: dict[str, Any]) -> 
                 assert value == "", f"{where} is set inline; it must come from a Secret"
 
 
-def _scalars(node: Any, path: str = "", key: str = "") -> Iterator[tuple[str, str, Any]]:
-    if isinstance(node, dict):
-        for child_key, child in node.items():
-            yield from _scalars(child, f"{path}.{child_key}" if path else child_key, child_key)
-    elif isinstance(node, list):
-        for index, child in enumerate(node):
-            yield from _scalars(child, f"{path}.{index}", key)
-    else:
-        yield path, key, node
-
-
-def test_code_server_and_runs_get_the_secrets_and_the_mlflow_uri(merged: dict[str, Any]) -> None:
+def test_code_server_and_runs_get_the_secrets_and_the_mlflow_uri(
+    merged: dict[str, Any],
+) -> None:
     deployment = _deployment(merged)
     launcher = merged["runLauncher"]["config"]["k8sRunLauncher"]
     secret_names = {s["name"] for s in deployment["envSecrets"]}
@@ -286,18 +299,28 @@ def test_code_server_and_runs_get_the_secrets_and_the_mlflow_uri(merged: dict[st
     assert server_env["MLFLOW_TRACKING_URI"].startswith(("http://", "https://"))
     assert run_env == server_env
 
-    # The Secrets the docs tell people to create are the ones the values use, with every key.
-    docs = DOCS_FILE.read_text()
-    for name in secret_names:
-        command = re.search(rf"create secret generic {re.escape(name)}\b(?:[^\n]*\\\n)*[^\n]*", docs)
-        assert command, f"docs/kubernetes.md does not create Secret {name}"
-        for key in ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            assert f"--from-literal={key}=" in command.group(0), f"{name} lacks {key}"
-    pg_secret = merged["global"]["postgresqlSecretName"]
-    command = re.search(rf"create secret generic {re.escape(pg_secret)}\b(?:[^\n]*\\\n)*[^\n]*", docs)
-    assert command, f"docs/kubernetes.md does not create Secret {pg_secret}"
-    for key in ("postgresql-username", "postgresql-password"):  # the keys the chart reads
-        assert f"--from-literal={key}=" in command.group(0), f"{pg_secret} lacks {key}"
+
+def _secret_keys_in_docs(secret: str) -> set[str]:
+    """The keys docs/kubernetes.md's `kubectl create secret generic <secret> ...` command sets."""
+    command = re.search(
+        rf"create secret generic {re.escape(secret)}\b(?:[^\n]*\\\n)*[^\n]*", DOCS_FILE.read_text()
+    )
+    assert command, f"docs/kubernetes.md does not create the Secret {secret}"
+    return set(re.findall(r"--from-literal=([\w.-]+)=", command.group(0)))
+
+
+def test_docs_create_the_secrets_the_values_use(merged: dict[str, Any]) -> None:
+    for secret in (s["name"] for s in _deployment(merged)["envSecrets"]):
+        assert {
+            "OPENAI_API_KEY",
+            "FTP_POSTS_DB_URL",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+        } <= _secret_keys_in_docs(secret)
+    # The keys the chart reads the instance database's credentials from.
+    instance_db_secret = merged["global"]["postgresqlSecretName"]
+    instance_db_keys = _secret_keys_in_docs(instance_db_secret)
+    assert {"postgresql-username", "postgresql-password"} <= instance_db_keys
 
 
 _QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|Ti)?$")
@@ -327,3 +350,12 @@ def test_every_pod_has_requests_within_limits(merged: dict[str, Any], path: str)
     for resource in ("cpu", "memory"):
         request, limit = node["requests"][resource], node["limits"][resource]
         assert 0 < _quantity(request) <= _quantity(limit), f"{path}.{resource}: {request} > {limit}"
+
+
+def test_run_pods_are_sized_by_the_run_launcher(merged: dict[str, Any]) -> None:
+    """With includeConfigInLaunchedRuns on, dagster-k8s lays the code server's resources over
+    the run launcher's, so run pods would silently get the code server's size."""
+    deployment = _deployment(merged)
+    assert deployment["includeConfigInLaunchedRuns"]["enabled"] is False
+    run_resources = merged["runLauncher"]["config"]["k8sRunLauncher"]["resources"]
+    assert run_resources != deployment["resources"]

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
 
 import psycopg
@@ -41,7 +42,13 @@ from psycopg.conninfo import conninfo_to_dict
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = ROOT / "dagster.yaml"
 PRODUCTION_CONFIG = ROOT / "deploy" / "dagster.yaml"
-PG_ENV_VARS = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
+PG_ENV_VARS = (
+    "DAGSTER_PG_HOST",
+    "DAGSTER_PG_PORT",
+    "DAGSTER_PG_USER",
+    "DAGSTER_PG_PASSWORD",
+    "DAGSTER_PG_DB",
+)
 FINE_TUNE_TAG = "ftp/fine-tune-task"
 
 
@@ -127,13 +134,19 @@ def test_production_instance_stores_runs_and_events_in_postgres(
 
     # ...and all of it landed in the database the env vars name, not somewhere else.
     with psycopg.connect(pg_env) as conn:
-        stored = conn.execute("SELECT status FROM runs WHERE run_id = %s", (result.run_id,)).fetchone()
-        events = conn.execute("SELECT count(*) FROM event_logs WHERE run_id = %s", (result.run_id,)).fetchone()
+        stored = conn.execute(
+            "SELECT status FROM runs WHERE run_id = %s", (result.run_id,)
+        ).fetchone()
+        (events,) = conn.execute(
+            "SELECT count(*) FROM event_logs WHERE run_id = %s", (result.run_id,)
+        ).fetchone()
     assert stored == ("SUCCESS",)
-    assert events[0] > 0
+    assert events > 0
 
 
-def test_production_instance_reads_connection_from_env(pg_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_instance_reads_connection_from_env(
+    pg_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("DAGSTER_PG_HOST")
     with pytest.raises(DagsterInvalidConfigError, match="DAGSTER_PG_HOST"):
         _instance_in_dagster_home(PRODUCTION_CONFIG)
@@ -238,3 +251,10 @@ def test_monitoring_on_and_telemetry_off(any_instance: DagsterInstance) -> None:
     assert 0 < instance.run_monitoring_cancel_timeout_seconds <= 600
     # Fine-tuning legitimately waits hours on the provider: no global runtime ceiling.
     assert instance.run_monitoring_max_runtime_seconds == 0
+
+
+def test_packaged_local_config_is_the_top_level_one() -> None:
+    """`ftp` writes the packaged copy into $FTP_HOME/dagster; it must not drift from the file
+    the tests above exercise (and `dagster dev` in the project folder reads)."""
+    packaged = files("ftp_assets").joinpath("dagster_local.yaml").read_text()
+    assert packaged == LOCAL_CONFIG.read_text()

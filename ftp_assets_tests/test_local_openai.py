@@ -98,7 +98,8 @@ def start_job(client: openai.OpenAI, training: FileObject, **options) -> FineTun
 
 def chat_text(client: openai.OpenAI, model: str, seed: int | None = 7, **options) -> str:
     messages = [{"role": "user", "content": "Topic: sourdough"}]
-    return client.chat.completions.create(model=model, messages=messages, seed=seed, **options).choices[0].message.content
+    completion = client.chat.completions.create(model=model, messages=messages, seed=seed, **options)
+    return completion.choices[0].message.content
 
 
 def error_body(error: openai.APIStatusError) -> dict:
@@ -109,14 +110,16 @@ def error_body(error: openai.APIStatusError) -> dict:
 
 def test_files_upload_retrieve_list_and_content_keep_every_byte(local_openai):
     client = client_for(local_openai)
-    content = jsonl(hook_examples(12, seed=1)) + '{"messages": [{"role": "user", "content": "é ✨\\r\\n"}]}\r\n'.encode()
+    odd_line = '{"messages": [{"role": "user", "content": "é ✨\\r\\n"}]}\r\n'.encode()
+    content = jsonl(hook_examples(12, seed=1)) + odd_line
     raw = client.with_raw_response.files.create(file=("train.jsonl", content), purpose="fine-tune")
     uploaded = strictly(FileObject, raw)
-    assert (uploaded.purpose, uploaded.filename, uploaded.bytes, uploaded.status) == ("fine-tune", "train.jsonl", len(content), "processed")
+    assert (uploaded.purpose, uploaded.filename, uploaded.bytes) == ("fine-tune", "train.jsonl", len(content))
 
     assert strictly(FileObject, client.files.with_raw_response.retrieve(uploaded.id)) == uploaded
     assert client.files.content(uploaded.id).content == content
-    assert [file.id for file in strict_page(FileObject, client.files.with_raw_response.list(purpose="fine-tune"))] == [uploaded.id]
+    listed = strict_page(FileObject, client.files.with_raw_response.list(purpose="fine-tune"))
+    assert [file.id for file in listed] == [uploaded.id]
     assert list(client.files.list(purpose="batch")) == []
     with pytest.raises(openai.BadRequestError, match="Must be .jsonl"):
         client.files.create(file=("train.csv", content), purpose="fine-tune")
@@ -125,7 +128,8 @@ def test_files_upload_retrieve_list_and_content_keep_every_byte(local_openai):
 def test_a_job_trains_to_success_reporting_steps_checkpoints_and_tokens(local_openai):
     client = client_for(local_openai)
     training_examples = hook_examples(200, seed=1)
-    training, validation = upload(client, jsonl(training_examples)), upload(client, jsonl(hook_examples(30, seed=2)), "valid.jsonl")
+    training = upload(client, jsonl(training_examples))
+    validation = upload(client, jsonl(hook_examples(30, seed=2)), "valid.jsonl")
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}
     created = strictly(
         FineTuningJob,
@@ -164,7 +168,8 @@ def test_a_job_trains_to_success_reporting_steps_checkpoints_and_tokens(local_op
     valid_losses = [event.data["valid_loss"] for event in steps]
     assert sum(train_losses[-10:]) < sum(train_losses[:10]) and sum(valid_losses[-10:]) < sum(valid_losses[:10])
 
-    checkpoints = strict_page(FineTuningJobCheckpoint, client.fine_tuning.jobs.checkpoints.with_raw_response.list(job.id))
+    raw_checkpoints = client.fine_tuning.jobs.checkpoints.with_raw_response.list(job.id)
+    checkpoints = strict_page(FineTuningJobCheckpoint, raw_checkpoints)
     per_epoch = total_steps // 3
     assert [checkpoint.step_number for checkpoint in checkpoints] == [3 * per_epoch, 2 * per_epoch, per_epoch]
     assert checkpoints[0].fine_tuned_model_checkpoint == job.fine_tuned_model
@@ -201,25 +206,34 @@ def test_the_fine_tuned_model_writes_like_its_data_and_repeats_itself_for_a_seed
     assert chat_text(client, model, seed=7) == fine_tuned
     assert len({chat_text(client, model, seed=seed) for seed in range(8)}) > 1
     assert chat_text(client, BASE_MODEL, seed=1) == chat_text(client, BASE_MODEL, seed=2) == base
+    greedy = chat_text(client, model, seed=None, temperature=0)
     short = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Topic: sourdough"}], max_completion_tokens=3
+        model=model, messages=[{"role": "user", "content": "Topic: sourdough"}], temperature=0, max_completion_tokens=3
     )
-    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens <= 3
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+    assert greedy.startswith(short.choices[0].message.content) and chat_text(client, model, temperature=0) == greedy
 
 
 def test_jobs_list_filters_by_metadata_and_pages_newest_first(local_openai):
     client = client_for(local_openai)
     training = upload(client, jsonl(hook_examples(10, seed=1)))
-    jobs = [start_job(client, training, metadata={"task": task, "dataset": f"d{i}"}) for i, task in enumerate(["hook", "body"] * 3)]
+    jobs = [
+        start_job(client, training, metadata={"task": task, "dataset": f"d{i}"})
+        for i, task in enumerate(["hook", "body"] * 3)
+    ]
+    without_metadata = start_job(client, training)
     hook_ids = [job.id for job in reversed(jobs) if job.metadata["task"] == "hook"]
 
     first_page = client.fine_tuning.jobs.list(metadata={"task": "hook"}, limit=2)
     assert [job.id for job in first_page.data] == hook_ids[:2] and first_page.has_more
     assert [job.id for job in first_page.get_next_page().data] == hook_ids[2:]
     assert [job.id for job in client.fine_tuning.jobs.list(metadata={"task": "hook"}, limit=2)] == hook_ids
-    assert [job.id for job in client.fine_tuning.jobs.list(metadata={"task": "body", "dataset": "d3"})] == [jobs[3].id]
+    both_keys = client.fine_tuning.jobs.list(metadata={"task": "body", "dataset": "d3"})
+    assert [job.id for job in both_keys] == [jobs[3].id]
     assert list(client.fine_tuning.jobs.list(metadata={"task": "neither"})) == []
-    assert [job.id for job in client.fine_tuning.jobs.list()] == [job.id for job in reversed(jobs)]
+    assert [job.id for job in client.fine_tuning.jobs.list(extra_query={"metadata": "null"})] == [without_metadata.id]
+    all_ids = [job.id for job in client.fine_tuning.jobs.list()]
+    assert all_ids == [without_metadata.id, *[job.id for job in reversed(jobs)]]
 
 
 def test_events_page_newest_first(local_openai):
@@ -239,14 +253,18 @@ def test_events_page_newest_first(local_openai):
 def test_cancel_stops_a_running_job(tmp_path):
     with running_service(tmp_path / "state", step_seconds=0.05) as service:
         client = client_for(service)
-        job = start_job(client, upload(client, jsonl(hook_examples(60, seed=1))))
+        training = upload(client, jsonl(hook_examples(200, seed=1)))  # 75 steps: 3.75 s
+        job = start_job(client, training)
         wait_for_job(client, job.id, until=lambda job: job.status == "running")
 
         cancelled = strictly(FineTuningJob, client.fine_tuning.jobs.with_raw_response.cancel(job.id))
         assert cancelled.status == "cancelled" and cancelled.fine_tuned_model is None
         steps_at_cancel = len(metrics_events(client, job.id))
-        time.sleep(0.2)
-        assert len(metrics_events(client, job.id)) == steps_at_cancel < 60
+        # The worker drops the cancelled job at once: the next one starts well before 3.75 s.
+        next_job = start_job(client, training)
+        wait_for_job(client, next_job.id, until=lambda job: job.status == "running", timeout=2)
+        assert len(metrics_events(client, job.id)) == steps_at_cancel < 75
+        assert [file.id for file in client.files.list()] == [training.id]  # no results file came of it
         assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
         with pytest.raises(openai.BadRequestError, match="already cancelled"):
             client.fine_tuning.jobs.cancel(job.id)
@@ -302,23 +320,35 @@ def test_bad_requests_get_400(local_openai):
 BROKEN_LINE = {"messages": [{"role": "user", "content": "Topic: sourdough"}, {"role": "assistant", "content": " "}]}
 
 
+NO_ASSISTANT = {"messages": [{"role": "user", "content": "hi"}]}
+BROKEN_FILES = {
+    "blank content": ([*hook_examples(2, 1), BROKEN_LINE, *hook_examples(10, 2)], None),
+    "not json": ([*hook_examples(4, 1), "{not json", *hook_examples(10, 2)], None),
+    "too few": (hook_examples(5, 1), None),
+    "bad validation file": (hook_examples(12, 1), [NO_ASSISTANT]),
+}
+
+
 @pytest.mark.parametrize(
-    ("training_lines", "validation_lines", "code", "param", "message"),
+    ("case", "code", "param", "message"),
     [
-        ([*hook_examples(2, 1), BROKEN_LINE, *hook_examples(10, 2)], None, "invalid_training_file", "training_file", "Line 3: .*missing_content"),
-        ([*hook_examples(4, 1), "{not json", *hook_examples(10, 2)], None, "invalid_training_file", "training_file", "Line 5: .*invalid_json"),
-        (hook_examples(5, 1), None, "invalid_n_examples", "training_file", "has 5 example.*at least 10"),
-        (hook_examples(12, 1), [{"messages": [{"role": "user", "content": "hi"}]}], "invalid_validation_file", "validation_file", "Line 1: .*example_missing_assistant_message"),
+        ("blank content", "invalid_training_file", "training_file", "Line 3: .*missing_content"),
+        ("not json", "invalid_training_file", "training_file", "Line 5: .*invalid_json"),
+        ("too few", "invalid_n_examples", "training_file", "has 5 example.*at least 10"),
+        ("bad validation file", "invalid_validation_file", "validation_file", "Line 1: .*example_missing_assistant"),
     ],
 )
-def test_a_file_breaking_openais_rules_fails_the_job_at_validating_files(local_openai, training_lines, validation_lines, code, param, message):
+def test_a_file_breaking_openais_rules_fails_the_job_at_validating_files(local_openai, case, code, param, message):
     client = client_for(local_openai)
+    training_lines, validation_lines = BROKEN_FILES[case]
 
     def as_file(lines: list, name: str) -> FileObject:
-        return upload(client, "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines).encode(), name)
+        text = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+        return upload(client, text.encode(), name)
 
     validation = as_file(validation_lines, "valid.jsonl").id if validation_lines else None
-    job = wait_for_job(client, start_job(client, as_file(training_lines, "train.jsonl"), validation_file=validation).id)
+    training = as_file(training_lines, "train.jsonl")
+    job = wait_for_job(client, start_job(client, training, validation_file=validation).id)
     assert job.status == "failed" and job.fine_tuned_model is None
     assert (job.error.code, job.error.param) == (code, param)
     assert re.search(message, job.error.message)
@@ -368,12 +398,15 @@ def test_faults_switch_over_http_with_the_key(local_openai):
     with pytest.raises(urllib.error.HTTPError) as refused:
         admin("POST", {"latency_seconds": 5}, key="sk-wrong")
     assert refused.value.code == 401
-    assert admin("POST", {"latency_seconds": 0.3, "fail_next_job": True})["latency_seconds"] == 0.3
-    client = client_for(local_openai)
+    switched_on = admin("POST", {"latency_seconds": 0.3, "rate_limit_next": 1, "retry_after": 0.2})
+    assert (switched_on["latency_seconds"], switched_on["rate_limit_next"]) == (0.3, 1)
     started = time.monotonic()
-    client.models.list()
-    assert time.monotonic() - started >= 0.3
-    assert admin("DELETE") == {"rate_limit_next": 0, "retry_after": 1.0, "fail_next_responses": 0, "latency_seconds": 0.0, "fail_next_job": False}
+    assert client_for(local_openai).models.with_raw_response.list().retries_taken == 1
+    assert time.monotonic() - started >= 0.3 + 0.2 + 0.3  # slow 429, the wait it asked for, slow answer
+    assert admin("POST", {"fail_next_job": True})["fail_next_job"]
+    cleared = admin("DELETE")
+    assert (cleared["latency_seconds"], cleared["fail_next_job"]) == (0.0, False)
+    assert admin("GET") == cleared
 
 
 def test_a_job_set_to_fail_fails_while_running_and_the_next_one_succeeds(local_openai):
@@ -391,11 +424,12 @@ def test_a_job_set_to_fail_fails_while_running_and_the_next_one_succeeds(local_o
 def test_a_restarted_service_keeps_files_and_jobs_and_finishes_the_job_in_flight(tmp_path):
     state_dir = tmp_path / "state"
     content = jsonl(hook_examples(60, seed=1))
-    with running_service(state_dir, step_seconds=0.02) as first:
+    with running_service(state_dir, step_seconds=0.05) as first:
         client = client_for(first)
         training = upload(client, content)
-        job = start_job(client, training, suffix="hook")
-        wait_for_job(client, job.id, until=lambda job: len(metrics_events(client, job.id)) >= 5)
+        job = start_job(client, training, suffix="hook")  # 3 epochs of 20 steps: 3 s
+        # Stopped in the second epoch, after the first epoch's checkpoint.
+        wait_for_job(client, job.id, until=lambda job: len(metrics_events(client, job.id)) >= 25)
         assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
 
     with running_service(state_dir, step_seconds=0.0) as second:
@@ -405,7 +439,8 @@ def test_a_restarted_service_keeps_files_and_jobs_and_finishes_the_job_in_flight
         resumed = wait_for_job(client, job.id)
         assert resumed.status == "succeeded" and resumed.created_at == job.created_at
         resumed_steps = [event.data for event in metrics_events(client, job.id)]
-        assert [data["step"] for data in resumed_steps] == list(range(1, resumed_steps[-1]["total_steps"] + 1))
+        assert [data["step"] for data in resumed_steps] == list(range(1, 61))
+        assert [checkpoint.step_number for checkpoint in client.fine_tuning.jobs.checkpoints.list(job.id)] == [60, 40, 20]
 
         # Resuming changed nothing: the same data and seed without a restart train the same model.
         uninterrupted = wait_for_job(client, start_job(client, training, suffix="hook").id)
@@ -419,6 +454,6 @@ def test_the_ngram_model_assigns_a_probability_distribution(sequences):
     model.update(sequences)
     seen = set(model.next_words[()])
     for context in [("<s>", "<s>"), ("a", "b"), ("d", "zzz")]:
-        unseen_word_probability = model.probability(context, "never-seen")
-        total = sum(model.probability(context, word) for word in seen) + (OPEN_VOCABULARY - len(seen)) * unseen_word_probability
+        unseen_words_probability = (OPEN_VOCABULARY - len(seen)) * model.probability(context, "never-seen")
+        total = sum(model.probability(context, word) for word in seen) + unseen_words_probability
         assert math.isclose(total, 1.0, rel_tol=1e-9)

@@ -17,12 +17,14 @@ from ftp_assets.providers import (
     BudgetExceeded,
     FineTuneRequest,
     FineTuningFailed,
+    FineTuningTimeout,
     OpenAIFineTuningProvider,
     run_fine_tune,
 )
 
 SECRET_KEY = "sk-test-SECRET-4f9c2e7a1b"
-# Slow enough that a job is still running when a test interrupts it: 25 steps of 0.1 s.
+# Slow enough that a job is still running when a test interrupts it: one epoch of 20 examples is
+# 20 steps of 0.1 s.
 STEP_SECONDS = 0.1
 TOPICS = [
     "morning routines", "remote work", "learning to cook", "running a first marathon", "saving money",
@@ -33,13 +35,13 @@ TOPICS = [
 
 
 def write_examples(path: Path, task: str, count: int = 20) -> Path:
-    system = {"hook": "Write the opening line of a Threads post.", "body": "Write the body of a Threads post."}[task]
+    system = f"Write the {'opening line' if task == 'hook' else 'body'} of a Threads post."
     with path.open("w") as jsonl:
         for topic in TOPICS[:count]:
             answer = (
                 f"Nobody tells you the hard part of {topic} is starting."
                 if task == "hook"
-                else f"I tried {topic} for a month. Small steps every day beat one big push. Here is what changed."
+                else f"I tried {topic} for a month. Small steps every day beat one big push."
             )
             messages = [
                 {"role": "system", "content": system},
@@ -70,8 +72,14 @@ def client_for(service, api_key: str | None = None) -> openai.OpenAI:
 
 
 def run(service, request: FineTuneRequest, log_lines: list[str], **options):
+    # A short overall timeout, so a runner that never sees the end fails the test instead of hanging it.
     settings = dict(
-        log=log_lines.append, estimated_cost_usd=1.0, budget_usd=10.0, poll_initial_s=0.02, poll_max_s=0.2
+        log=log_lines.append,
+        estimated_cost_usd=1.0,
+        budget_usd=10.0,
+        timeout_s=30,
+        poll_initial_s=0.02,
+        poll_max_s=0.2,
     )
     return run_fine_tune(OpenAIFineTuningProvider(client_for(service)), request, **{**settings, **options})
 
@@ -92,10 +100,16 @@ def slow_openai(tmp_path):
         yield service
 
 
-@pytest.mark.parametrize(("task", "validation"), [("hook", True), ("body", False)])
-def test_a_job_runs_to_a_fine_tuned_model_and_logs_each_event_once(local_openai, tmp_path, task, validation):
+# The provider resolves "auto" to 5 epochs of 20 examples: more events than one page holds, so
+# the event pages must be followed.
+@pytest.mark.parametrize(
+    ("task", "validation", "n_epochs", "epochs_run"), [("hook", True, 1, 1), ("body", False, "auto", 5)]
+)
+def test_a_job_runs_to_a_fine_tuned_model_and_logs_each_event_once(
+    local_openai, tmp_path, task, validation, n_epochs, epochs_run
+):
     log_lines: list[str] = []
-    request = make_request(tmp_path, task, validation=validation)
+    request = make_request(tmp_path, task, validation=validation, n_epochs=n_epochs)
 
     result = run(local_openai, request, log_lines)
 
@@ -103,12 +117,19 @@ def test_a_job_runs_to_a_fine_tuned_model_and_logs_each_event_once(local_openai,
     assert job.status == "succeeded"
     assert result.model_id == job.fine_tuned_model and result.model_id.startswith("ft:gpt-4o-mini-2024-07-18:")
     assert f":threads-{task}:" in result.model_id
-    assert (result.job_id, result.training_file_id, result.trained_tokens) == (job.id, job.training_file, job.trained_tokens)
-    assert job.metadata == {"ftp_dataset_hash": request.dataset_hash, "ftp_task": task, "dagster_run_id": "run-1234"}
-    assert job.method.supervised.hyperparameters.n_epochs == 1 and job.seed == 7
+    assert (result.job_id, result.training_file_id) == (job.id, job.training_file)
+    assert result.trained_tokens == job.trained_tokens > 0
+    assert job.metadata == {
+        "ftp_dataset_hash": request.dataset_hash,
+        "ftp_task": task,
+        "dagster_run_id": "run-1234",
+    }
+    assert job.method.supervised.hyperparameters.n_epochs == epochs_run and job.seed == 7
     assert (job.validation_file is not None) == validation
 
     events = service_events(local_openai, job.id)
+    if n_epochs == "auto":
+        assert len(events) > 100, "meant to need more than one page of events"
     event_lines = [line for line in log_lines if line.startswith(f"[{job.id}]")]
     assert event_lines == [f"[{job.id}] {event.level}: {event.message}" for event in events]
 
@@ -242,6 +263,15 @@ def test_an_interrupted_run_cancels_its_job(slow_openai, tmp_path, interruption)
     assert f"Run interrupted: cancelled fine-tuning job {job.id} (status cancelled)." in log_lines
 
 
+def test_a_job_that_outlasts_the_timeout_is_left_running_for_a_rerun(slow_openai, tmp_path):
+    with pytest.raises(FineTuningTimeout) as timeout:
+        run(slow_openai, make_request(tmp_path), [], timeout_s=0.3)
+
+    [job] = service_jobs(slow_openai)
+    assert job.status not in ("succeeded", "failed", "cancelled") and timeout.value.job_id == job.id
+    assert "re-attaches" in str(timeout.value)
+
+
 def test_the_budget_guard_refuses_before_anything_is_uploaded(local_openai, tmp_path):
     with pytest.raises(BudgetExceeded) as refusal:
         run(local_openai, make_request(tmp_path), [], estimated_cost_usd=12.5, budget_usd=10.0)
@@ -255,23 +285,18 @@ def test_the_api_key_appears_in_no_log_result_or_error(slow_openai, tmp_path, ca
     log_lines: list[str] = []
     result = run(slow_openai, make_request(tmp_path, "body"), log_lines)
     slow_openai.faults.fail_next_job()
-    errors = []
     with pytest.raises(FineTuningFailed) as job_failure:
         run(slow_openai, make_request(tmp_path, "hook"), log_lines)
-    errors.append(job_failure.value)
-    wrong_key = SECRET_KEY + "-wrong"
     with pytest.raises(FineTuningFailed) as refused:
         run_fine_tune(
-            OpenAIFineTuningProvider(client_for(slow_openai, api_key=wrong_key)),
+            OpenAIFineTuningProvider(client_for(slow_openai, api_key=SECRET_KEY + "-wrong")),
             make_request(tmp_path, "hook"),
             log=log_lines.append,
             estimated_cost_usd=1.0,
             budget_usd=10.0,
         )
-    errors.append(refused.value)
     assert refused.value.code == "invalid_api_key"
 
-    output = "\n".join(
-        [*log_lines, repr(result), caplog.text, *("".join(traceback.format_exception(error)) for error in errors)]
-    )
+    tracebacks = ["".join(traceback.format_exception(error.value)) for error in (job_failure, refused)]
+    output = "\n".join([*log_lines, repr(result), caplog.text, *tracebacks])
     assert "SECRET" not in output

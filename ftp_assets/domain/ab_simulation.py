@@ -126,8 +126,8 @@ def cumulative_arm_sums(
         x, y = audience.draw_posts(rng, true_lift * in_treatment, (experiments, posts_per_look))
         x, y = x.astype(np.float64), y.astype(np.float64)
         per_post = np.stack([np.ones_like(x), x, y, x * x, y * y, x * y], axis=-1)
-        treatment[:, look] = (per_post * in_treatment[..., None]).sum(axis=1)
-        control[:, look] = (per_post * ~in_treatment[..., None]).sum(axis=1)
+        treatment[:, look] = np.einsum("ep,epk->ek", in_treatment.astype(np.float64), per_post)
+        control[:, look] = per_post.sum(axis=1) - treatment[:, look]
     return np.cumsum(control, axis=1), np.cumsum(treatment, axis=1)
 
 

@@ -20,8 +20,8 @@ The effect is the relative lift ``rate_treatment / rate_control - 1``, with the 
 standard error and Welch-Satterthwaite degrees of freedom that GrowthBook's gbstats uses for
 relative effects (``TwoSidedTTest``). The decision uses an always-valid interval instead of the
 fixed-horizon one, because the experiment is evaluated every time new outcomes arrive: checking a
-fixed-horizon interval at every look promotes far more than ``alpha`` of A/A experiments
-(``benchmarks/ab_simulation.py`` measures both).
+fixed-horizon interval at every look promotes more than ``alpha`` of A/A experiments, and more
+with every extra look (``benchmarks/ab_simulation.py`` measures both).
 
 Degenerate data (fewer than two posts in an arm, no impressions, no control engagements, zero
 variance) is a normal state early in an experiment, not an error: :func:`analyze` then returns an
@@ -179,6 +179,8 @@ class Analysis:
 
 @dataclass(frozen=True)
 class Decision:
+    """What to do with the challenger, and why, in words fit for metadata and logs."""
+
     decision: Literal["promote", "reject", "continue"]
     reason: str
 
@@ -202,7 +204,7 @@ def always_valid_multiplier(n_total: float, alpha: float, sequential_tuning: flo
     Sinha, Kennedy & Ramdas (2023), "Time-uniform central limit theory and asymptotic confidence
     sequences", eq. 9 (two-sided half-width for a per-observation variance s² = se²·n), with the
     mixing parameter rho from eq. 161, chosen so the sequence is tightest at
-    ``n_total = sequential_tuning``.
+    ``n_total = sequential_tuning``. Like GrowthBook it is normal-asymptotic: no degrees of freedom.
     """
     log_alpha = math.log(alpha)
     rho_squared = (-2 * log_alpha + math.log(-2 * log_alpha + 1)) / sequential_tuning
@@ -240,6 +242,7 @@ def required_sample_total(
         )
 
     # shortfall decreases in n: k(n)/sqrt(n) and z/sqrt(n) both fall (z > 0 since power >= 0.5).
+    # The search starts at 4 posts, two per arm, the least an analysis can use.
     smallest, largest = math.log(4), math.log(1e15)
     if shortfall(smallest) <= 0:
         return 4
@@ -436,7 +439,9 @@ def _insufficient_data_reason(control: ArmStats, treatment: ArmStats) -> str | N
     return None
 
 
-def _welch_degrees_of_freedom(variance_control: float, n_control: int, variance_treatment: float, n_treatment: int) -> float:
+def _welch_degrees_of_freedom(
+    variance_control: float, n_control: int, variance_treatment: float, n_treatment: int
+) -> float:
     """Welch-Satterthwaite degrees of freedom from the variances of the two arms' estimates."""
     return (variance_control + variance_treatment) ** 2 / (
         variance_control**2 / (n_control - 1) + variance_treatment**2 / (n_treatment - 1)

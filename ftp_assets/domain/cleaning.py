@@ -26,6 +26,8 @@ _INVISIBLE = dict.fromkeys(
     + list(range(0x7F, 0xA0))
 )
 
+_HAS_INVISIBLE = re.compile("[" + "".join(re.escape(chr(c)) for c in _INVISIBLE) + "]")
+
 # Local part: RFC 5322's atext and dots, so unusual but valid addresses are caught too.
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # A phone number: optional country code, then at least 7 digits in groups separated by space, dot,
@@ -56,8 +58,10 @@ class CleanText:
 
 def normalize_unicode(text: str) -> str:
     """NFC form without invisible or control characters, and trimmed."""
-    text = text.translate(_INVISIBLE)
-    if not unicodedata.is_normalized("NFC", text):
+    # A regex search is far cheaper than translate(), and most posts have nothing to remove.
+    if _HAS_INVISIBLE.search(text):
+        text = text.translate(_INVISIBLE)
+    if not text.isascii() and not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
     return text.strip()
 
@@ -72,8 +76,13 @@ def scrub_pii(text: str) -> tuple[str, int, int]:
 
         def replace(match: re.Match) -> str:
             nonlocal found
-            if sum(c.isdigit() for c in match.group()) < 7:  # "12 34", "2024 10": not phones
-                return match.group()
+            candidate = match.group()
+            digits = sum(c.isdigit() for c in candidate)
+            grouped = candidate.startswith("+") or not candidate.isdigit()
+            # "12 34" and "2024 10" are too short; a bare "1000000" is a figure, not a phone,
+            # but ten or more bare digits are dialable.
+            if digits < 7 or (not grouped and digits < 10):
+                return candidate
             found += 1
             return PHONE_PLACEHOLDER
 
@@ -105,3 +114,21 @@ def dedup_key(text: str) -> str:
     """The text as a duplicate detector sees it: compatibility-normalized, case-folded, and
     without punctuation, whitespace or symbols, so trivial variants of one post collide."""
     return _NOT_ALNUM.sub("", unicodedata.normalize("NFKC", text).casefold())
+
+
+def clean_fields(raw_texts: tuple, max_chars: int) -> tuple[str | None, list[CleanText]]:
+    """Clean the texts one example needs, in order; the first reason to reject it, if any
+    (``missing_text``, ``too_long`` or ``model_instructions``), and the cleaned texts."""
+    cleaned: list[CleanText] = []
+    for raw in raw_texts:
+        if raw is None:
+            return "missing_text", cleaned
+        if len(raw) > max_chars:  # before cleaning: no regex runs over a pasted document
+            return "too_long", cleaned
+        text = clean_text(raw)
+        if text is None:
+            return "missing_text", cleaned
+        if looks_like_injection(text.text):
+            return "model_instructions", cleaned
+        cleaned.append(text)
+    return None, cleaned

@@ -53,9 +53,14 @@ def _injected_fault(faults: FaultController) -> ApiError | None:
 
 
 def _validation_error(error: RequestValidationError) -> ApiError:
+    """OpenAI's 400 for the first problem FastAPI found (FastAPI itself would answer 422)."""
     first = error.errors()[0]
+    if first["type"] == "json_invalid":
+        return ApiError(400, "We could not parse the JSON body of your request.")
     location = [str(part) for part in first["loc"] if part not in ("body", "query", "path")]
     param = ".".join(location) or None
+    if first["type"] == "missing":
+        return ApiError(400, f"Missing required parameter: '{param}'.", param=param)
     if first["type"] == "extra_forbidden":
         return ApiError(400, f"Unrecognized request argument supplied: {param}", param=param)
     return ApiError(400, f"Invalid value for '{param}': {first['msg']}.", param=param)
@@ -95,6 +100,11 @@ def create_app(state_dir: Path, api_key: str, step_seconds: float = DEFAULT_STEP
     @app.exception_handler(HTTPException)
     async def unknown_route(request: Request, error: HTTPException):
         return ApiError(error.status_code, f"Invalid URL ({request.method} {request.url.path})").response()
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, error: Exception):
+        # Starlette still re-raises the error after this answer, so the server logs it.
+        return ApiError(500, SERVER_ERROR, type="server_error").response()
 
     @app.get("/_admin/faults")
     def fault_state() -> dict:

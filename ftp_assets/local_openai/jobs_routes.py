@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from .chat import BASE_MODELS, MODEL_ALIASES
 from .responses import ApiError, check_limit, cursor_page, not_found
-from .store import Store, new_id
+from .store import Store, new_event, new_id
 from .worker import ORGANIZATION_ID, JobRunner
 
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
@@ -91,7 +91,8 @@ def jobs_router(store: Store, runner: JobRunner) -> APIRouter:
         if file is None:
             raise ApiError(400, f"invalid {param}: {file_id}", param=param)
         if file["purpose"] != "fine-tune":
-            raise ApiError(400, f"{file_id} has purpose {file['purpose']!r}; fine-tuning needs 'fine-tune'.", param=param)
+            message = f"{file_id} has purpose {file['purpose']!r}; fine-tuning needs 'fine-tune'."
+            raise ApiError(400, message, param=param)
 
     @router.post("")
     def create_job(request: JobCreate) -> dict:
@@ -136,7 +137,7 @@ def jobs_router(store: Store, runner: JobRunner) -> APIRouter:
             "user_provided_suffix": request.suffix,
         }
         store.add_job(job)
-        store.add_event(job["id"], f"Created fine-tuning job: {job['id']}")
+        store.update_job(job["id"], events=[new_event(f"Created fine-tuning job: {job['id']}")])
         runner.submit(job["id"])
         return job
 
@@ -157,12 +158,17 @@ def jobs_router(store: Store, runner: JobRunner) -> APIRouter:
     @router.post("/{job_id}/cancel")
     def cancel_job(job_id: str) -> dict:
         existing_job(job_id)
-        cancelled = store.update_job(job_id, status="cancelled", finished_at=int(time.time()), estimated_finish=None)
+        cancelled = store.update_job(
+            job_id,
+            events=[new_event("Fine-tuning job cancelled")],
+            status="cancelled",
+            finished_at=int(time.time()),
+            estimated_finish=None,
+        )
         if cancelled is None:
             status = existing_job(job_id)["status"]
             message = f"Job {job_id} has already {status}; it cannot be cancelled."
             raise ApiError(400, message, param="fine_tuning_job_id")
-        store.add_event(job_id, "Fine-tuning job cancelled")
         return cancelled
 
     @router.get("/{job_id}/events")

@@ -36,9 +36,10 @@ def serve(host: str, port: int, state_dir: Path, api_key: str) -> None:
 def _wait_until_answering(base_url: str, api_key: str, thread: threading.Thread) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     request = urllib.request.Request(f"{base_url}/models", headers={"Authorization": f"Bearer {api_key}"})
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
     while True:
         try:
-            with urllib.request.urlopen(request, timeout=1):
+            with direct.open(request, timeout=1):
                 return
         except OSError:
             if not thread.is_alive() or time.monotonic() > deadline:
@@ -57,7 +58,7 @@ def running_service(
     listener.bind(("127.0.0.1", port))
     base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="local-openai-http", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="local-openai-http")
     thread.start()
     try:
         _wait_until_answering(base_url, api_key, thread)

@@ -17,6 +17,7 @@ import secrets
 import string
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .ngram import NGramModel
@@ -41,6 +42,19 @@ def file_record(filename: str, purpose: str, content: bytes) -> dict:
         "status": "processed",
         "expires_at": None,
         "status_details": None,
+    }
+
+
+def new_event(message: str, level: str = "info", data: dict | None = None) -> dict:
+    """A job event; one with data is a metrics event, as OpenAI's step events are."""
+    return {
+        "object": "fine_tuning.job.event",
+        "id": new_id("ftevent-"),
+        "created_at": int(time.time()),
+        "level": level,
+        "message": message,
+        "data": data or {},
+        "type": "metrics" if data else "message",
     }
 
 
@@ -132,41 +146,29 @@ class Store:
         with self._lock:
             return copy.deepcopy(list(reversed(self._jobs.values())))
 
-    def update_job(self, job_id: str, **changes: object) -> dict | None:
-        """Applies the changes unless the job has already ended (a cancel may have won the race);
-        returns the updated job, or None when it had ended."""
+    def update_job(
+        self, job_id: str, *, events: Sequence[dict] = (), checkpoint: dict | None = None, **changes: object
+    ) -> dict | None:
+        """Applies the changes and records the events (and checkpoint) at once, unless the job has
+        already ended: so a cancel lands between two of the worker's updates, never within one.
+        Returns the updated job, or None when it had ended."""
         with self._lock:
             job = self._jobs[job_id]
             if job["status"] in TERMINAL_STATUSES:
                 return None
             job.update(copy.deepcopy(changes))
+            if checkpoint is not None:
+                self._checkpoints[job_id].append(checkpoint)
             self._save_job(job_id)
+            if events:
+                with open(self.jobs_dir / f"{job_id}.events.jsonl", "a") as events_file:
+                    events_file.writelines(json.dumps(event) + "\n" for event in events)
+                self._events[job_id].extend(events)
             return copy.deepcopy(job)
-
-    def add_event(self, job_id: str, message: str, level: str = "info", data: dict | None = None) -> None:
-        """Appends an event; one with data is a metrics event, as OpenAI's step events are."""
-        event = {
-            "object": "fine_tuning.job.event",
-            "id": new_id("ftevent-"),
-            "created_at": int(time.time()),
-            "level": level,
-            "message": message,
-            "data": data or {},
-            "type": "metrics" if data else "message",
-        }
-        with self._lock:
-            with open(self.jobs_dir / f"{job_id}.events.jsonl", "a") as events_file:
-                events_file.write(json.dumps(event) + "\n")
-            self._events[job_id].append(event)
 
     def events(self, job_id: str) -> list[dict]:
         with self._lock:
             return copy.deepcopy(list(reversed(self._events[job_id])))
-
-    def add_checkpoint(self, job_id: str, checkpoint: dict) -> None:
-        with self._lock:
-            self._checkpoints[job_id].append(checkpoint)
-            self._save_job(job_id)
 
     def checkpoints(self, job_id: str) -> list[dict]:
         with self._lock:

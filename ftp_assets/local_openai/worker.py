@@ -13,7 +13,7 @@ import time
 from .dataset import FileRejected, billable_tokens, check_training_size, read_examples, resolve_hyperparameters
 from .faults import FaultController
 from .ngram import NGramModel
-from .store import TERMINAL_STATUSES, Store, file_record, new_id
+from .store import TERMINAL_STATUSES, Store, file_record, new_event, new_id
 from .training import Step, train_step, training_steps, word_sequences
 
 log = logging.getLogger(__name__)
@@ -59,15 +59,18 @@ class JobRunner:
             except Exception:
                 # A bug must not leave the job running forever: it fails the way OpenAI's do.
                 log.exception("Fine-tuning job %s crashed", job_id)
-                self._end(job_id, "failed", JOB_FAILURE["message"], level="error", error=JOB_FAILURE)
+                self._fail(job_id, JOB_FAILURE)
 
     def _run(self, job_id: str) -> None:
         job = self.store.job(job_id)
+        if job["status"] in TERMINAL_STATUSES:
+            return  # cancelled while it waited
         if job["status"] == "validating_files":
             files = "training file: " + job["training_file"]
             if job["validation_file"]:
                 files += " and validation file: " + job["validation_file"]
-            self.store.add_event(job_id, "Validating " + files)
+            if not self.store.update_job(job_id, events=[new_event("Validating " + files)]):
+                return
         try:
             training = read_examples(self.store.file_content(job["training_file"]), "training_file")
             check_training_size(training)
@@ -75,20 +78,21 @@ class JobRunner:
             if job["validation_file"]:
                 validation = read_examples(self.store.file_content(job["validation_file"]), "validation_file")
         except FileRejected as rejection:
-            self._end(job_id, "failed", rejection.error["message"], level="error", error=rejection.error)
+            self._fail(job_id, rejection.error)
             return
         hyperparameters = resolve_hyperparameters(job["hyperparameters"], len(training))
         if job["status"] == "validating_files":
             method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
-            if not self.store.update_job(job_id, status="queued", hyperparameters=hyperparameters, method=method):
+            validated = new_event("Files validated, moving job to queued state")
+            if not self.store.update_job(
+                job_id, events=[validated], status="queued", hyperparameters=hyperparameters, method=method
+            ):
                 return
-            self.store.add_event(job_id, "Files validated, moving job to queued state")
         if self._stopping.is_set():
             return
         if self.store.job(job_id)["status"] == "queued":
-            if not self.store.update_job(job_id, status="running"):
+            if not self.store.update_job(job_id, events=[new_event("Fine-tuning job started")], status="running"):
                 return
-            self.store.add_event(job_id, "Fine-tuning job started")
         self._train(self.store.job(job_id), training, validation, hyperparameters)
 
     def _train(self, job: dict, training: list[dict], validation: list[dict] | None, hyperparameters: dict) -> None:
@@ -101,25 +105,27 @@ class JobRunner:
         for step in training_steps(training, validation, hyperparameters, job["seed"]):
             if step.number <= reported_steps:
                 model.update(step.batch)
-            elif self._stopping.is_set() or self.store.job(job_id)["status"] != "running":
+            elif self._stopping.is_set():
                 return
             elif step.number == fail_at_step:
-                self._end(job_id, "failed", JOB_FAILURE["message"], level="error", error=JOB_FAILURE)
+                self._fail(job_id, JOB_FAILURE)
                 return
-            else:
-                self._report(job_id, train_step(model, step), total_steps)
+            elif self._report(job_id, train_step(model, step), total_steps):
                 self._stopping.wait(self.step_seconds)
+            else:
+                return  # cancelled
             if step.ends_epoch and step.epoch > n_epochs - CHECKPOINTED_EPOCHS:
                 self._checkpoint(job, step, model, validation, final=step.epoch == n_epochs)
         self._succeed(job, model, billable_tokens(training) * n_epochs)
 
-    def _report(self, job_id: str, metrics: dict, total_steps: int) -> None:
+    def _report(self, job_id: str, metrics: dict, total_steps: int) -> bool:
+        """Records the step's metrics event; False when the job was cancelled meanwhile."""
         message = f"Step {metrics['step']}/{total_steps}: training loss={metrics['train_loss']:.2f}"
         if "valid_loss" in metrics:
             message += f", validation loss={metrics['valid_loss']:.2f}"
-        self.store.add_event(job_id, message, data={**metrics, "total_steps": total_steps})
-        remaining_seconds = (total_steps - metrics["step"]) * self.step_seconds
-        self.store.update_job(job_id, estimated_finish=int(time.time() + remaining_seconds))
+        event = new_event(message, data={**metrics, "total_steps": total_steps})
+        estimated_finish = int(time.time() + (total_steps - metrics["step"]) * self.step_seconds)
+        return self.store.update_job(job_id, events=[event], estimated_finish=estimated_finish) is not None
 
     def _step_metrics(self, job_id: str) -> list[dict]:
         """The data of the job's metrics events, oldest first."""
@@ -145,16 +151,15 @@ class JobRunner:
             "metrics": metrics,
             "step_number": step.number,
         }
-        self.store.add_checkpoint(job_id, checkpoint)
-        self.store.add_event(job_id, f"Checkpoint created at step {step.number} with Snapshot ID: {checkpoint_model}")
+        created = new_event(f"Checkpoint created at step {step.number} with Snapshot ID: {checkpoint_model}")
+        self.store.update_job(job_id, events=[created], checkpoint=checkpoint)
 
     def _succeed(self, job: dict, model: NGramModel, trained_tokens: int) -> None:
-        self.store.save_model(job["id"], model)
-        self.store.add_event(job["id"], "New fine-tuned model created")
+        self.store.save_model(job["id"], model)  # before the job says it succeeded, so it answers chats at once
         self._end(
             job["id"],
             "succeeded",
-            "The job has successfully completed",
+            [new_event("New fine-tuned model created"), new_event("The job has successfully completed")],
             fine_tuned_model=fine_tuned_model_id(job),
             trained_tokens=trained_tokens,
             result_files=[self._store_step_metrics(job["id"])],
@@ -171,6 +176,9 @@ class JobRunner:
         self.store.add_file(file, content)
         return file["id"]
 
-    def _end(self, job_id: str, status: str, message: str, level: str = "info", **changes: object) -> None:
-        if self.store.update_job(job_id, status=status, finished_at=int(time.time()), estimated_finish=None, **changes):
-            self.store.add_event(job_id, message, level=level)
+    def _fail(self, job_id: str, error: dict) -> None:
+        self._end(job_id, "failed", [new_event(error["message"], "error")], error=error)
+
+    def _end(self, job_id: str, status: str, events: list[dict], **changes: object) -> None:
+        ended = {"status": status, "finished_at": int(time.time()), "estimated_finish": None}
+        self.store.update_job(job_id, events=events, **ended, **changes)

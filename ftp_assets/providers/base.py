@@ -102,6 +102,9 @@ class FineTuneResult:
 
 
 class FineTuningProvider(Protocol):
+    """Implementations raise :class:`ProviderUnavailable` for what waiting may cure (the runner
+    waits and asks again) and :class:`FineTuningFailed` for a refusal, quoting the provider."""
+
     name: str
 
     def submit(self, request: FineTuneRequest) -> Submission:

@@ -104,7 +104,9 @@ class OpenAIFineTuningProvider:
             training_file_id=job.training_file_id,
             trained_tokens=job.trained_tokens,
             step_metrics=tuple(
-                StepMetrics(step=int(data["step"]), train_loss=data.get("train_loss"), valid_loss=data.get("valid_loss"))
+                StepMetrics(
+                    step=int(data["step"]), train_loss=data.get("train_loss"), valid_loss=data.get("valid_loss")
+                )
                 for data in metrics_data
             ),
             final_train_loss=_last_value(metrics_data, "train_loss"),

@@ -65,6 +65,7 @@ def run_fine_tune(
     except BaseException:
         # An interruption (KeyboardInterrupt; Dagster's run termination also derives from
         # BaseException only): nobody will wait for the job any more, so stop paying for it.
+        _cancel_after_interruption(provider, job.job_id, log)
         raise
 
 
@@ -105,7 +106,9 @@ def _submit(provider: FineTuningProvider, request: FineTuneRequest, log: Log, ba
                 raise FineTuningTimeout(job_id=None, timeout_s=backoff.timeout_s, last_status=None) from None
 
 
-def _poll_until_done(provider: FineTuningProvider, job: FineTuneJob, log: Log, backoff: _Backoff) -> FineTuneResult:
+def _poll_until_done(
+    provider: FineTuningProvider, job: FineTuneJob, log: Log, backoff: _Backoff
+) -> FineTuneResult:
     seen_event_ids: set[str] = set()
     while True:
         retry_after_s = None
@@ -135,7 +138,10 @@ def _cancel_after_interruption(provider: FineTuningProvider, job_id: str, log: L
     try:
         job = provider.cancel(job_id)
     except Exception as error:
-        log(f"Run interrupted, but fine-tuning job {job_id} could not be cancelled ({error}); cancel it by hand.")
+        log(
+            f"Run interrupted, but fine-tuning job {job_id} could not be cancelled ({error}); "
+            "cancel it by hand."
+        )
     else:
         log(f"Run interrupted: cancelled fine-tuning job {job_id} (status {job.status}).")
 

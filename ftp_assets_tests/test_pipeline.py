@@ -1,0 +1,122 @@
+"""The whole weekly cycle of one task with real parts: PostgreSQL posts, the local
+OpenAI-compatible service over HTTP, an MLflow tracking server over HTTP, and Dagster's
+``materialize`` on a test instance."""
+
+from datetime import timedelta
+
+import openai
+import pytest
+from dagster import instance_for_test, materialize
+from dagster_openai import OpenAIResource
+from mlflow import MlflowClient
+
+from ftp_assets.assets import data, experiment, fine_tuning
+from ftp_assets.domain.demo_posts import DEMO_AGENT_MODEL, generate_demo_posts
+from ftp_assets.experiments_db import ExperimentStore
+from ftp_assets.mlflow_registry import model_name
+from ftp_assets.posts_db import PostsDatabase
+from ftp_assets.resources import (
+    DatasetStorage,
+    ExperimentSettings,
+    FineTuningSettings,
+    MlflowResource,
+    PostsDatabaseResource,
+)
+from ftp_assets.simulation import simulate_posts
+from ftp_assets_tests.corpus import WINDOW_END
+
+TRAINING = [data.engaged_posts, data.training_jsonl, data.enough_examples, data.valid_format,
+            data.low_duplicate_rate, fine_tuning.fine_tuned_model]  # fmt: skip
+EVALUATION = [experiment.ab_test_result, experiment.registered_model]
+WINDOW = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoformat()}}}}
+
+
+@pytest.fixture
+def cycle(pg_posts_url, local_openai, mlflow_server, tmp_path):
+    db = PostsDatabase(pg_posts_url)
+    db.init_schema()
+    db.insert_posts(generate_demo_posts(1_500, seed=3, end=WINDOW_END))
+    resources = {
+        "posts_db": PostsDatabaseResource(url=pg_posts_url),
+        "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets")),
+        "openai": OpenAIResource(api_key=local_openai.api_key, base_url=local_openai.base_url),
+        "fine_tuning": FineTuningSettings(poll_initial_seconds=0.05, poll_max_seconds=0.2),
+        "mlflow": MlflowResource(tracking_uri=mlflow_server),
+        "experiment_settings": ExperimentSettings(),
+    }
+    with instance_for_test() as instance:
+        yield db, resources, instance
+
+
+def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_server):
+    db, resources, instance = cycle
+    trained = materialize(TRAINING, partition_key="hook", run_config=WINDOW, resources=resources, instance=instance)
+    model = trained.output_for_node("fine_tuned_model")
+    assert model.model_id.startswith("ft:gpt-4o-mini-2024-07-18:") and model.champion_model == DEMO_AGENT_MODEL
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    run = client.get_run(model.mlflow_run_id)
+    assert run.data.tags["dagster_run_id"] == trained.run_id
+    assert run.data.params["dataset_hash"] == trained.output_for_node("training_jsonl").dataset_hash
+    assert client.get_metric_history(model.mlflow_run_id, "train_loss")
+    version = client.get_model_version_by_alias(model_name("hook"), "challenger")
+    assert version.tags["provider_model_id"] == model.model_id and version.tags["job_id"] == model.job_id
+    materialization = trained.asset_materializations_for_node("fine_tuned_model")[0]
+    assert materialization.metadata["job_id"].value == model.job_id
+
+    store = ExperimentStore(db.engine)
+    running = store.running("hook")
+    assert (running.champion_model, running.challenger_model) == (DEMO_AGENT_MODEL, model.model_id)
+
+    # The agent writes posts during the experiment; the simulated audience reacts.
+    body_arm = running.__class__(**{**running.__dict__, "task": "body", "challenger_model": DEMO_AGENT_MODEL})
+    client_api = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key)
+    start = running.started_at
+    db.insert_posts(simulate_posts(client_api, {"hook": running, "body": body_arm}, start=start,
+                                   end=start + timedelta(days=3), posts=1_500, first_id=10_000, seed=1))  # fmt: skip
+    look = {"ops": {"ab_test_result": {"config": {"evaluated_at": (start + timedelta(days=4)).isoformat()}}}}
+    evaluated = materialize(EVALUATION, partition_key="hook", run_config=look, resources=resources, instance=instance)
+    result = evaluated.output_for_node("ab_test_result")
+    metadata = evaluated.asset_materializations_for_node("ab_test_result")[0].metadata
+    for name in ("decision", "reason", "champion_model", "challenger_model", "started_at", "data_until",
+                 "n_control", "n_treatment", "rate_control", "rate_treatment", "lift", "ci_lower", "ci_upper",
+                 "fixed_ci_lower", "fixed_ci_upper", "p_value", "srm_p_value", "chance_to_beat"):  # fmt: skip
+        assert name in metadata, name
+    assert result.decision == "promote", result.reason
+    assert metadata["ci_lower"].value > 0 and metadata["n_treatment"].value > 50
+    assert client.get_model_version_by_alias(model_name("hook"), "champion").version == version.version
+    assert "challenger" not in client.get_registered_model(model_name("hook")).aliases
+    assert store.get(result.experiment_id).status == "promoted"
+
+    # Re-running registered_model on the same decision changes nothing.
+    again = materialize(EVALUATION, selection=[experiment.registered_model], partition_key="hook",
+                        resources=resources, instance=instance)  # fmt: skip
+    assert "(already done)" in again.asset_materializations_for_node("registered_model")[0].metadata["note"].value
+    assert client.get_model_version_by_alias(model_name("hook"), "champion").version == version.version
+
+
+def test_failed_job_fails_the_asset_and_nothing_downstream_runs(cycle, local_openai, mlflow_server):
+    db, resources, instance = cycle
+    local_openai.faults.fail_next_job()
+    result = materialize(TRAINING + EVALUATION, partition_key="hook", run_config=WINDOW, resources=resources,
+                         instance=instance, raise_on_error=False)  # fmt: skip
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "fine_tuned_model"
+    assert "Fine-tuning job ftjob-" in failure.step_failure_data.error.message
+    executed = {e.step_key for e in result.all_events if e.is_step_start}
+    assert not executed & {"ab_test_result", "registered_model"}
+    assert ExperimentStore(db.engine).running("hook") is None
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    assert not client.search_model_versions(f"name = '{model_name('hook')}'")
+
+
+def test_too_few_examples_never_starts_a_job(cycle, local_openai):
+    db, resources, instance = cycle
+    config = {"ops": {**WINDOW["ops"], "enough_examples": {"config": {"min_examples": 100_000}}}}
+    result = materialize(TRAINING, partition_key="body", run_config=config, resources=resources,
+                         instance=instance, raise_on_error=False)  # fmt: skip
+    executed = {e.step_key for e in result.all_events if e.is_step_start}
+    assert "fine_tuned_model" not in executed
+    jobs = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key).fine_tuning.jobs.list()
+    assert jobs.data == []
