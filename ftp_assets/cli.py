@@ -8,7 +8,9 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+from ftp_assets.domain.dataset import TASKS
 from ftp_assets.home import home_path
+from ftp_assets.resources import LOCAL_OPENAI_PORT
 
 
 def _posts_db():
@@ -20,12 +22,16 @@ def _posts_db():
 
 
 def cmd_db_init(args: argparse.Namespace) -> None:
+    from ftp_assets.experiments_db import ExperimentStore
+
     db = _posts_db()
+    experiments = ExperimentStore(db.engine)
     if args.print_sql:
-        print(db.schema_sql(), end="")
+        print(db.schema_sql() + experiments.schema_sql(), end="")
         return
     db.init_schema()
-    print(f"Posts schema ready in {db.engine.url.render_as_string(hide_password=True)}.")
+    experiments.init_schema()
+    print(f"Posts and experiments tables ready in {db.engine.url.render_as_string(hide_password=True)}.")
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
@@ -43,6 +49,31 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(posts=args.posts, seed=args.seed)
 
 
+def cmd_local_openai(args: argparse.Namespace) -> None:
+    from ftp_assets.local_openai import serve
+    from ftp_assets.resources import LOCAL_OPENAI_API_KEY
+
+    state_dir = Path(args.state_dir) if args.state_dir else home_path("local_openai")
+    print(f"Local OpenAI-compatible service on http://{args.host}:{args.port}/v1, key {LOCAL_OPENAI_API_KEY!r}, "
+          f"state in {state_dir}. Ctrl-C stops it; jobs in flight resume at the next start.")  # fmt: skip
+    serve(args.host, args.port, state_dir, LOCAL_OPENAI_API_KEY)
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from ftp_assets.mlflow_registry import rollback
+    from ftp_assets.resources import MlflowResource
+
+    restored, demoted = rollback(MlflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")).client(), args.task)
+    print(f"{args.task}: champion is version {restored.version} again "
+          f"({restored.tags.get('provider_model_id', '?')}); version {demoted.version} is tagged rolled_back.")  # fmt: skip
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from ftp_assets.ui import serve_uis
+
+    serve_uis(dagster_port=args.dagster_port, mlflow_port=args.mlflow_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftp",
@@ -57,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     db = commands.add_parser("db", help="the posts database").add_subparsers(dest="db_command", required=True)
-    init = db.add_parser("init", help="create the posts table and its indexes if missing (idempotent)")
+    init = db.add_parser("init", help="create the posts and experiments tables and their indexes if missing (idempotent)")
     init.add_argument("--print-sql", action="store_true", help="print the DDL for the database instead")
     init.set_defaults(func=cmd_db_init)
 
@@ -65,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--posts", type=int, default=6_000)
     data.add_argument("--seed", type=int, default=7)
     data.set_defaults(func=cmd_demo_data)
+
+    local = commands.add_parser("local-openai", help="serve the local OpenAI-compatible fine-tuning service")
+    local.add_argument("--host", default="127.0.0.1")
+    local.add_argument("--port", type=int, default=LOCAL_OPENAI_PORT)
+    local.add_argument("--state-dir", help="where files, jobs and models are kept (default $FTP_HOME/local_openai)")
+    local.set_defaults(func=cmd_local_openai)
+
+    back = commands.add_parser("rollback", help="restore the previous champion of a task in the MLflow registry")
+    back.add_argument("--task", required=True, choices=TASKS)
+    back.set_defaults(func=cmd_rollback)
+
+    ui = commands.add_parser("ui", help="serve the Dagster UI (with its daemon) and the MLflow UI over FTP_HOME")
+    ui.add_argument("--dagster-port", type=int, default=3000)
+    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -14,6 +14,7 @@ from dagster import (
 )
 from dagster_openai import OpenAIResource
 
+from ftp_assets import automation
 from ftp_assets.assets import data, experiment, fine_tuning
 from ftp_assets.partitions import task_partitions
 from ftp_assets.resources import (
@@ -60,6 +61,8 @@ defs = Definitions(
     assets=load_assets_from_modules([data, fine_tuning, experiment]),
     asset_checks=load_asset_checks_from_modules([data]),
     jobs=[training_cycle, experiment_evaluation, rollback_job],
+    schedules=[automation.weekly_training_schedule()],
+    sensors=[*automation.data_threshold_sensors(), automation.experiment_evaluation_sensor()],
     resources={
         "posts_db": PostsDatabaseResource(
             url=_env_or("FTP_POSTS_DB_URL", default_posts_db_url()), table=os.environ.get("FTP_POSTS_TABLE", "posts")

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ftp_assets.domain.ab_stats import ArmStats
-from ftp_assets.posts_db import PostsDatabase, SelectionRule
+from ftp_assets.posts_db import PostsDatabase, SelectionRule, table_ddl
 
 RUNNING, PROMOTED, REJECTED, SUPERSEDED = "running", "promoted", "rejected", "superseded"
 
@@ -84,6 +84,9 @@ class ExperimentStore:
 
     def init_schema(self) -> None:
         _metadata.create_all(self.engine, checkfirst=True)
+
+    def schema_sql(self) -> str:
+        return table_ddl(experiments, self.engine)
 
     def running(self, task: str) -> Experiment | None:
         with self.engine.connect() as conn:

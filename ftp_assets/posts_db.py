@@ -47,6 +47,13 @@ def posts_table(name: str = "posts", metadata: sa.MetaData | None = None) -> sa.
     )
 
 
+def table_ddl(table: sa.Table, engine: Engine) -> str:
+    """CREATE TABLE and CREATE INDEX statements for the engine's dialect."""
+    statements = [str(sa.schema.CreateTable(table).compile(engine))]
+    statements += [str(sa.schema.CreateIndex(index).compile(engine)) for index in table.indexes]
+    return ";\n".join(statement.strip() for statement in statements) + ";\n"
+
+
 def redacted(url: str | sa.URL) -> str:
     """The URL with its password hidden, for messages and metadata."""
     try:
@@ -108,9 +115,7 @@ class PostsDatabase:
         self.table.metadata.create_all(self.engine, checkfirst=True)
 
     def schema_sql(self) -> str:
-        statements = [str(sa.schema.CreateTable(self.table).compile(self.engine))]
-        statements += [str(sa.schema.CreateIndex(index).compile(self.engine)) for index in self.table.indexes]
-        return ";\n".join(s.strip() for s in statements) + ";\n"
+        return table_ddl(self.table, self.engine)
 
     def check_table(self) -> None:
         inspector = sa.inspect(self.engine)
@@ -195,6 +200,13 @@ class PostsDatabase:
         with self.read_only() as conn:
             row = conn.execute(query).one()._asdict()
         return {key: int(value) for key, value in row.items()}
+
+    def count_qualifying(self, window: Window, rule: SelectionRule) -> int:
+        """How many posts of the window the selection takes: the selection's own query, counted
+        (one index range scan on created_at, so its cost follows the window, not the table)."""
+        selected = self.selection_query(window, rule).order_by(None).subquery()
+        with self.read_only() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(selected)).scalar_one()
 
     def stream_selection(self, window: Window, rule: SelectionRule, batch_size: int = 20_000) -> Iterator[list[tuple]]:
         """The qualifying posts in batches, through a server-side cursor on PostgreSQL."""

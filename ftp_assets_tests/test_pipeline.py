@@ -8,7 +8,6 @@ import openai
 import pytest
 from dagster import instance_for_test, materialize
 from dagster_openai import OpenAIResource
-from mlflow import MlflowClient
 
 from ftp_assets.assets import data, experiment, fine_tuning
 from ftp_assets.domain.demo_posts import DEMO_AGENT_MODEL, generate_demo_posts
@@ -32,7 +31,8 @@ WINDOW = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoforma
 
 
 @pytest.fixture
-def cycle(pg_posts_url, local_openai, mlflow_server, tmp_path):
+def cycle(pg_posts_url, local_openai, mlflow_server, mlflow_client, tmp_path):
+    """Posts in PostgreSQL, resources on the real parts, an empty registry, a test instance."""
     db = PostsDatabase(pg_posts_url)
     db.init_schema()
     db.insert_posts(generate_demo_posts(1_500, seed=3, end=WINDOW_END))
@@ -48,13 +48,13 @@ def cycle(pg_posts_url, local_openai, mlflow_server, tmp_path):
         yield db, resources, instance
 
 
-def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_server):
+def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_client):
     db, resources, instance = cycle
     trained = materialize(TRAINING, partition_key="hook", run_config=WINDOW, resources=resources, instance=instance)
     model = trained.output_for_node("fine_tuned_model")
     assert model.model_id.startswith("ft:gpt-4o-mini-2024-07-18:") and model.champion_model == DEMO_AGENT_MODEL
 
-    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    client = mlflow_client
     run = client.get_run(model.mlflow_run_id)
     assert run.data.tags["dagster_run_id"] == trained.run_id
     assert run.data.params["dataset_hash"] == trained.output_for_node("training_jsonl").dataset_hash
@@ -95,7 +95,7 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_ser
     assert client.get_model_version_by_alias(model_name("hook"), "champion").version == version.version
 
 
-def test_failed_job_fails_the_asset_and_nothing_downstream_runs(cycle, local_openai, mlflow_server):
+def test_failed_job_fails_the_asset_and_nothing_downstream_runs(cycle, local_openai, mlflow_client):
     db, resources, instance = cycle
     local_openai.faults.fail_next_job()
     result = materialize(TRAINING + EVALUATION, partition_key="hook", run_config=WINDOW, resources=resources,
@@ -106,14 +106,15 @@ def test_failed_job_fails_the_asset_and_nothing_downstream_runs(cycle, local_ope
     assert "Fine-tuning job ftjob-" in failure.step_failure_data.error.message
     executed = {e.step_key for e in result.all_events if e.is_step_start}
     assert not executed & {"ab_test_result", "registered_model"}
-    assert ExperimentStore(db.engine).running("hook") is None
-    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
-    assert not client.search_model_versions(f"name = '{model_name('hook')}'")
+    store = ExperimentStore(db.engine)
+    store.init_schema()
+    assert store.running("hook") is None
+    assert not mlflow_client.search_model_versions(f"name = '{model_name('hook')}'")
 
 
 def test_too_few_examples_never_starts_a_job(cycle, local_openai):
     db, resources, instance = cycle
-    config = {"ops": {**WINDOW["ops"], "enough_examples": {"config": {"min_examples": 100_000}}}}
+    config = {"ops": {**WINDOW["ops"], "training_jsonl_enough_examples": {"config": {"min_examples": 100_000}}}}
     result = materialize(TRAINING, partition_key="body", run_config=config, resources=resources,
                          instance=instance, raise_on_error=False)  # fmt: skip
     executed = {e.step_key for e in result.all_events if e.is_step_start}

@@ -11,6 +11,7 @@ from dagster import AssetExecutionContext, AssetRecordsFilter, Config, Failure, 
 from pydantic import Field
 
 from ftp_assets.assets.data import parse_instant, run_created_at
+from ftp_assets.assets.fine_tuning import fine_tuned_model
 from ftp_assets.domain.ab_stats import analyze, decide
 from ftp_assets.experiments_db import RUNNING, arm_outcomes
 from ftp_assets.mlflow_registry import champion, promote, reject
@@ -84,6 +85,8 @@ def _previous_looks(context: AssetExecutionContext, experiment_id: str) -> list[
     partitions_def=task_partitions,
     group_name="experiment",
     kinds={"sql", "scipy"},
+    # The experiment comes from the table fine_tuned_model writes, not from its output value.
+    deps=[fine_tuned_model],
     description="The running experiment of the task, evaluated on matured posts with an "
     "always-valid interval: promote, reject or continue.",
 )

@@ -1,0 +1,300 @@
+"""When training and evaluation run: the weekly schedule and the two kinds of sensors.
+
+* ``weekly_training``: the training cycle of every task, by default each Sunday at 02:00 UTC
+  (``FTP_TRAINING_CRON``, ``FTP_TRAINING_TIMEZONE``), its window ending at the tick's scheduled
+  time, so a late or retried run reads the same week.
+* ``<task>_data_threshold_sensor``: trains a task early once ``FTP_TRAINING_NEW_POSTS_THRESHOLD``
+  (100) qualifying posts have matured since its last successful training, unless a training of
+  the task is in progress or the last one finished less than ``FTP_MIN_TRAINING_INTERVAL_HOURS``
+  (24) ago. It checks every ``FTP_TRAINING_SENSOR_INTERVAL_SECONDS`` (300).
+* ``experiment_evaluation_sensor``: evaluates a task's running experiment when new matured
+  outcome data has arrived, checking every ``FTP_EXPERIMENT_SENSOR_INTERVAL_SECONDS`` (3600).
+
+Every training run carries the tag ``ftp/fine-tune-task: <task>``, on which the instance's run
+coordinator (dagster.yaml) lets one run per task go at a time.
+
+**Maturity.** Posts gather reactions for a day or two after publication. The data-threshold
+sensor counts a post only once it is older than the maturity (``ExperimentSettings.maturity_hours``,
+the rule the A/B analysis uses too): by then its engagement rate has settled, so a post that
+clears the bar late is still counted, and an early rate that later sinks is not. Counting only
+matured posts also makes the count incremental: each tick counts the posts created between the
+previous tick's maturity boundary and its own, one range of the ``created_at`` index whose size
+follows the tick interval, not the table. A post stored more than a maturity after its
+``created_at`` falls behind the boundary and is not counted (the agent stores a post when it
+publishes it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta, timezone
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    DagsterRunStatus,
+    EventLogRecord,
+    RunRequest,
+    RunsFilter,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    schedule,
+    sensor,
+)
+
+from ftp_assets.assets.data import EngagedPostsConfig, parse_instant
+from ftp_assets.domain.dataset import TASKS
+from ftp_assets.experiments_db import newest_matured_post
+from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window
+from ftp_assets.resources import ExperimentSettings, PostsDatabaseResource
+
+TRAINING_JOB = "training_cycle"
+EVALUATION_JOB = "experiment_evaluation"
+FINE_TUNE_TASK_TAG = "ftp/fine-tune-task"
+PARTITION_TAG = "dagster/partition"  # Dagster's tag on every run of a partition
+ENGAGED_POSTS = AssetKey("engaged_posts")
+FINE_TUNED_MODEL = AssetKey("fine_tuned_model")
+UNFINISHED = [s for s in DagsterRunStatus if s not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE,
+                                                       DagsterRunStatus.CANCELED)]  # fmt: skip
+NEVER_TRAINED = "never"
+
+
+def _env_number(name: str, default: float, kind: Callable[[str], float] = float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive {kind.__name__}, got {raw!r}.")
+    return value
+
+
+def _training_run_request(task: str, window_end: datetime, run_key: str) -> RunRequest:
+    return RunRequest(
+        run_key=run_key,
+        partition_key=task,
+        run_config={"ops": {"engaged_posts": {"config": {"window_end": window_end.astimezone(timezone.utc).isoformat()}}}},
+        tags={FINE_TUNE_TASK_TAG: task},
+    )
+
+
+def weekly_training_schedule() -> ScheduleDefinition:
+    """The weekly training of every task; cron and timezone are read when the code loads."""
+
+    @schedule(
+        name="weekly_training",
+        job_name=TRAINING_JOB,
+        cron_schedule=os.environ.get("FTP_TRAINING_CRON", "").strip() or "0 2 * * 0",
+        execution_timezone=os.environ.get("FTP_TRAINING_TIMEZONE", "").strip() or "UTC",
+        description="The training cycle of every task over the week that ends at the tick.",
+    )
+    def weekly_training(context: ScheduleEvaluationContext) -> list[RunRequest]:
+        tick = context.scheduled_execution_time
+        return [_training_run_request(task, tick, run_key=f"{task}-{tick.isoformat()}") for task in TASKS]
+
+    return weekly_training
+
+
+# --- the data-threshold sensor -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewPostsCount:
+    """A task's sensor cursor: how many qualifying posts created in [start, counted_until) have
+    been counted since the last successful training (``baseline``)."""
+
+    baseline: str  # storage id of that training's materialization, or NEVER_TRAINED
+    counted_until: datetime
+    count: int = 0
+    requested: bool = False  # a training run was requested for these posts
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "counted_until": self.counted_until.isoformat()})
+
+    @classmethod
+    def from_json(cls, cursor: str | None) -> NewPostsCount | None:
+        if not cursor:
+            return None
+        fields = json.loads(cursor)
+        return cls(**{**fields, "counted_until": parse_instant(fields["counted_until"])})
+
+    def counted_to(self, db: PostsDatabase, matured_before: datetime, rule: SelectionRule) -> NewPostsCount:
+        """Adds the qualifying posts of the slice that matured since the last count."""
+        if matured_before <= self.counted_until:
+            return self
+        added = db.count_qualifying(Window(self.counted_until, matured_before), rule)
+        return replace(self, counted_until=matured_before, count=self.count + added)
+
+
+def _latest_materialization(instance: DagsterInstance, key: AssetKey, task: str,
+                            before_storage_id: int | None = None) -> EventLogRecord | None:  # fmt: skip
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[task], before_storage_id=before_storage_id),
+        limit=1, ascending=False,
+    ).records  # fmt: skip
+    return records[0] if records else None
+
+
+def _trained_until(instance: DagsterInstance, task: str, training: EventLogRecord) -> datetime:
+    """The end of the window the training read (engaged_posts' ``window_end`` just before it);
+    the training's own time when that is unknown."""
+    data = _latest_materialization(instance, ENGAGED_POSTS, task, before_storage_id=training.storage_id)
+    window_end = data.asset_materialization.metadata.get("window_end") if data else None
+    return parse_instant(window_end.value) if window_end else datetime.fromtimestamp(training.timestamp, timezone.utc)
+
+
+def _training_in_progress(instance: DagsterInstance, task: str) -> str | None:
+    """The id of an unfinished run that trains the task: training_cycle (the schedule's, this
+    sensor's, or one launched by hand) or any run whose selection holds fine_tuned_model."""
+    for run in instance.get_runs(RunsFilter(tags={PARTITION_TAG: task}, statuses=UNFINISHED)):
+        if run.job_name == TRAINING_JOB or FINE_TUNED_MODEL in (run.asset_selection or ()):
+            return run.run_id
+    return None
+
+
+@dataclass(frozen=True)
+class DataThresholdSettings:
+    threshold: int = 100
+    min_interval: timedelta = timedelta(hours=24)
+    rule: SelectionRule = SelectionRule()  # the selection's defaults, as engaged_posts uses them
+    # Posts older than one training window before the boundary would not be in the next training
+    # anyway; without this bound a task's first tick would count the whole table.
+    lookback: timedelta = timedelta(days=EngagedPostsConfig().window_days)
+
+    @classmethod
+    def from_env(cls) -> DataThresholdSettings:
+        return cls(
+            threshold=int(_env_number("FTP_TRAINING_NEW_POSTS_THRESHOLD", 100, int)),
+            min_interval=timedelta(hours=_env_number("FTP_MIN_TRAINING_INTERVAL_HOURS", 24)),
+        )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    count: NewPostsCount
+    run_request: RunRequest | None
+    skip_reason: str | None
+
+
+def evaluate_data_threshold(instance: DagsterInstance, db: PostsDatabase, task: str, cursor: str | None, *,
+                            now: datetime, maturity: timedelta, settings: DataThresholdSettings) -> Evaluation:  # fmt: skip
+    """One tick of a task's data-threshold sensor, at ``now``."""
+    matured_before = now - maturity
+    training = _latest_materialization(instance, FINE_TUNED_MODEL, task)
+    baseline = str(training.storage_id) if training else NEVER_TRAINED
+    count = NewPostsCount.from_json(cursor)
+    if count is None or count.baseline != baseline:
+        # A new training (or the first tick): count again from the end of its window.
+        start = matured_before - settings.lookback
+        if training:
+            start = max(start, _trained_until(instance, task, training))
+        count = NewPostsCount(baseline=baseline, counted_until=start)
+    count = count.counted_to(db, matured_before, settings.rule)
+
+    def skip(reason: str) -> Evaluation:
+        return Evaluation(count, None, f"{task}: {count.count}/{settings.threshold} new qualifying posts; {reason}.")
+
+    if count.requested:
+        return skip("a training was requested for them, waiting for it to succeed")
+    if count.count < settings.threshold:
+        return skip("below the threshold")
+    running = _training_in_progress(instance, task)
+    if running:
+        return skip(f"training run {running} is in progress")
+    if training:
+        trained_at = datetime.fromtimestamp(training.timestamp, timezone.utc)
+        if now - trained_at < settings.min_interval:
+            hours = settings.min_interval.total_seconds() / 3600
+            return skip(f"the last training finished at {trained_at:%Y-%m-%d %H:%M} UTC, less than {hours:g} h ago")
+    # One run per crossing: the key names the training these posts came after. If the run fails
+    # for good (after the instance's run retries) it is not requested again for the same posts;
+    # the weekly schedule or a person takes over.
+    request = _training_run_request(task, now, run_key=f"{task}-data-after-{baseline}")
+    return Evaluation(replace(count, requested=True), request, None)
+
+
+def data_threshold_sensor(task: str) -> SensorDefinition:
+    """The task's data-threshold sensor; its settings are read when the code loads."""
+    settings = DataThresholdSettings.from_env()
+
+    @sensor(
+        name=f"{task}_data_threshold_sensor",
+        job_name=TRAINING_JOB,
+        minimum_interval_seconds=int(_env_number("FTP_TRAINING_SENSOR_INTERVAL_SECONDS", 300, int)),
+        description=f"Trains the {task} model early once {settings.threshold} qualifying posts have "
+        "matured since its last successful training.",
+    )
+    def _sensor(context: SensorEvaluationContext, posts_db: PostsDatabaseResource,
+                experiment_settings: ExperimentSettings) -> SensorResult:  # fmt: skip
+        evaluation = evaluate_data_threshold(
+            context.instance, posts_db.open(), task, context.cursor, now=datetime.now(timezone.utc),
+            maturity=timedelta(hours=experiment_settings.maturity_hours), settings=settings,
+        )  # fmt: skip
+        return SensorResult(
+            run_requests=[evaluation.run_request] if evaluation.run_request else [],
+            skip_reason=evaluation.skip_reason,
+            cursor=evaluation.count.to_json(),
+        )
+
+    return _sensor
+
+
+def data_threshold_sensors() -> list[SensorDefinition]:
+    return [data_threshold_sensor(task) for task in TASKS]
+
+
+# --- the experiment sensor -----------------------------------------------------------------
+
+
+def experiment_evaluation_sensor() -> SensorDefinition:
+    """Evaluates each running experiment when posts newer than its last evaluation have matured."""
+
+    @sensor(
+        name="experiment_evaluation_sensor",
+        job_name=EVALUATION_JOB,
+        minimum_interval_seconds=int(_env_number("FTP_EXPERIMENT_SENSOR_INTERVAL_SECONDS", 3600, int)),
+        description="Evaluates a task's running experiment when new matured outcome data has arrived.",
+    )
+    def _sensor(context: SensorEvaluationContext, posts_db: PostsDatabaseResource,
+                experiment_settings: ExperimentSettings) -> SensorResult:  # fmt: skip
+        now = datetime.now(timezone.utc)
+        matured_before = now - timedelta(hours=experiment_settings.maturity_hours)
+        db, store = posts_db.open(), posts_db.experiments()
+        # Per task: the experiment evaluated last and the newest post that evaluation could see.
+        seen: dict[str, dict[str, str]] = json.loads(context.cursor) if context.cursor else {}
+        run_requests, skip_reasons = [], []
+        for task in TASKS:
+            experiment = store.running(task)
+            if experiment is None:
+                seen.pop(task, None)
+                skip_reasons.append(f"{task}: no running experiment.")
+                continue
+            newest = newest_matured_post(db, experiment, matured_before=matured_before)
+            last = seen.get(task, {})
+            if newest is None or (last.get("experiment_id") == experiment.experiment_id
+                                  and parse_instant(last["newest_post"]) >= newest):  # fmt: skip
+                skip_reasons.append(f"{task}: no new matured outcome for {experiment.experiment_id}.")
+                continue
+            run_requests.append(RunRequest(
+                run_key=f"{experiment.experiment_id}-{newest.isoformat()}",
+                partition_key=task,
+                run_config={"ops": {"ab_test_result": {"config": {"evaluated_at": now.isoformat()}}}},
+            ))  # fmt: skip
+            seen[task] = {"experiment_id": experiment.experiment_id, "newest_post": newest.isoformat()}
+        return SensorResult(
+            run_requests=run_requests,
+            skip_reason=None if run_requests else " ".join(skip_reasons),
+            cursor=json.dumps(seen),
+        )
+
+    return _sensor

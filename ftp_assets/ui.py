@@ -1,0 +1,66 @@
+"""``ftp ui``: the Dagster UI with its daemon, the MLflow UI, and (unless OPENAI_API_KEY is set)
+the local OpenAI-compatible service, all over the state in FTP_HOME, until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ftp_assets.home import home_path
+from ftp_assets.mlflow_registry import local_tracking_uri
+from ftp_assets.resources import LOCAL_OPENAI_PORT
+
+STOP_TIMEOUT_S = 20
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve_uis(*, dagster_port: int, mlflow_port: int) -> None:
+    # Stop cleanly on Ctrl-C and on SIGTERM, even when started with SIGINT ignored (in the background).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    commands = {
+        "Dagster": [_bin("dagster"), "dev", "-m", "ftp_assets.definitions", "-p", str(dagster_port)],
+        "MLflow": [_bin("mlflow"), "ui", "--backend-store-uri", os.environ.get("MLFLOW_TRACKING_URI") or
+                   local_tracking_uri(home_path("mlflow")), "--port", str(mlflow_port), "--workers", "1"],
+    }  # fmt: skip
+    if not os.environ.get("OPENAI_API_KEY"):
+        commands["local OpenAI"] = [_bin("ftp"), "local-openai", "--port", str(LOCAL_OPENAI_PORT)]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # Each child in its own session: Ctrl-C reaches this process only, which then stops them in
+    # order, so none is left running (dagster dev ignores a SIGINT it inherits as ignored).
+    children = {name: subprocess.Popen(command, env=env, start_new_session=True)
+                for name, command in commands.items()}  # fmt: skip
+    print(f"Dagster UI: http://127.0.0.1:{dagster_port}   MLflow UI: http://127.0.0.1:{mlflow_port}   (Ctrl-C stops)")
+    try:
+        while all(child.poll() is None for child in children.values()):
+            time.sleep(0.5)
+        stopped = [name for name, child in children.items() if child.poll() is not None]
+        print(f"{', '.join(stopped)} stopped; stopping the rest.", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(children)
+
+
+def _stop(children: dict[str, subprocess.Popen]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()

@@ -1,0 +1,297 @@
+"""The weekly schedule and the sensors, evaluated as Dagster evaluates them
+(``build_schedule_context``, ``build_sensor_context``) on a real instance, over posts in a real
+PostgreSQL database (and SQLite once)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    RunRequest,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+    validate_run_config,
+)
+from dagster._core.errors import DagsterInvalidDefinitionError
+from dagster._utils.schedules import cron_string_iterator
+from dagster_openai import OpenAIResource
+
+from ftp_assets import automation
+from ftp_assets.assets import data, fine_tuning
+from ftp_assets.automation import DataThresholdSettings, NewPostsCount, evaluate_data_threshold
+from ftp_assets.experiments_db import ExperimentStore
+from ftp_assets.mlflow_registry import local_tracking_uri
+from ftp_assets.posts_db import PostsDatabase
+from ftp_assets.resources import (
+    DatasetStorage,
+    ExperimentSettings,
+    FineTuningSettings,
+    MlflowResource,
+    PostsDatabaseResource,
+)
+from ftp_assets_tests.corpus import clean_posts, post
+
+TAG = "ftp/fine-tune-task"
+CHAMPION, CHALLENGER = "gpt-4o-mini-2024-07-18", "ft:gpt-4o-mini-2024-07-18:local:threads-hook:abc123"
+
+
+def definitions():
+    # Imported here, after conftest has pointed FTP_HOME at the test's folder.
+    from ftp_assets.definitions import defs
+
+    return defs
+
+
+def qualifying(first_id: int, count: int, created_at: datetime) -> list[dict]:
+    """Posts the selection takes (rate 10%, 1,000 impressions)."""
+    return [post(i, f"Hook {i}", f"Body {i}", created_at=created_at) for i in range(first_id, first_id + count)]
+
+
+def left_out(first_id: int, created_at: datetime) -> list[dict]:
+    """One post for each reason the selection leaves a post out."""
+    counts = [(1_000, 10), (50, 40), (0, 0), (100, 500), (-5, 1), (10**12, 10**11)]
+    return [post(first_id + n, "h", "b", impressions=i, engagements=e, created_at=created_at)
+            for n, (i, e) in enumerate(counts)]  # fmt: skip
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def posts_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'posts.sqlite3'}"
+    return request.getfixturevalue("pg_posts_url")
+
+
+@pytest.fixture
+def posts(pg_posts_url) -> PostsDatabase:
+    db = PostsDatabase(pg_posts_url)
+    db.init_schema()
+    return db
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as instance:
+        yield instance
+
+
+def tick(sensor, instance: DagsterInstance, url: str, cursor: str | None, maturity_hours: float = 1.0):
+    context = build_sensor_context(
+        instance=instance, cursor=cursor,
+        resources={"posts_db": PostsDatabaseResource(url=url),
+                   "experiment_settings": ExperimentSettings(maturity_hours=maturity_hours)},
+    )  # fmt: skip
+    return sensor(context)
+
+
+def add_run(instance: DagsterInstance, job_name: str, task: str, status: DagsterRunStatus) -> DagsterRun:
+    return instance.add_run(DagsterRun(job_name=job_name, run_id=uuid.uuid4().hex, status=status,
+                                       tags={"dagster/partition": task, TAG: task}))  # fmt: skip
+
+
+def window_end(request: RunRequest) -> datetime:
+    return datetime.fromisoformat(request.run_config["ops"]["engaged_posts"]["config"]["window_end"])
+
+
+# --- the weekly schedule -------------------------------------------------------------------
+
+
+def test_weekly_schedule_trains_each_task_on_the_week_ending_at_its_tick():
+    defs = definitions()
+    schedule = defs.get_schedule_def("weekly_training")
+    after_wednesday = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+    next_tick = next(cron_string_iterator(after_wednesday.timestamp(), schedule.cron_schedule,
+                                          schedule.execution_timezone))  # fmt: skip
+    assert next_tick == datetime(2026, 11, 29, 2, tzinfo=timezone.utc)  # Sunday 02:00 UTC
+
+    # A late evaluation of last Sunday's tick reads last Sunday's week, not the present one.
+    sunday = datetime(2026, 11, 22, 2, tzinfo=timezone.utc)
+    requests = schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=sunday)).run_requests
+    assert sorted(r.partition_key for r in requests) == ["body", "hook"]
+    training_cycle = defs.resolve_job_def("training_cycle")
+    for request in requests:
+        assert window_end(request) == sunday
+        assert request.tags[TAG] == request.partition_key
+        assert validate_run_config(training_cycle, request.run_config)
+    # One run key per (tick, task): a tick evaluated twice launches nothing twice.
+    again = schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=sunday)).run_requests
+    assert [r.run_key for r in again] == [r.run_key for r in requests] and len({r.run_key for r in requests}) == 2
+    following = schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=next_tick)).run_requests
+    assert not {r.run_key for r in following} & {r.run_key for r in requests}
+
+
+def test_schedule_cron_and_timezone_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FTP_TRAINING_CRON", "30 5 * * 1")
+    monkeypatch.setenv("FTP_TRAINING_TIMEZONE", "Europe/Paris")
+    schedule = automation.weekly_training_schedule()
+    after = datetime(2026, 11, 25, tzinfo=timezone.utc)
+    next_tick = next(cron_string_iterator(after.timestamp(), schedule.cron_schedule, schedule.execution_timezone))
+    assert next_tick.astimezone(timezone.utc) == datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc)
+    request = schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=next_tick)).run_requests[0]
+    assert window_end(request) == datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc)
+
+    monkeypatch.setenv("FTP_TRAINING_CRON", "every sunday")
+    with pytest.raises(DagsterInvalidDefinitionError, match="every sunday"):
+        automation.weekly_training_schedule()
+
+
+# --- the data-threshold sensor -------------------------------------------------------------
+
+
+def test_crossing_the_threshold_requests_exactly_one_training(posts_url, instance, monkeypatch):
+    monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "10")
+    db = PostsDatabase(posts_url)
+    db.init_schema()
+    sensor = automation.data_threshold_sensor("hook")
+    now = datetime.now(timezone.utc)
+    db.insert_posts(qualifying(1, 6, now - timedelta(hours=2)) + left_out(100, now - timedelta(hours=2))
+                    + qualifying(200, 10, now - timedelta(minutes=10)))  # fmt: skip
+
+    first = tick(sensor, instance, posts_url, cursor=None)
+    assert not first.run_requests
+    assert "6/10 new qualifying posts" in first.skip_reason
+
+    # Four more mature; the ten recent posts (younger than the 1-hour maturity) are not counted.
+    db.insert_posts(qualifying(300, 4, datetime.now(timezone.utc) - timedelta(hours=1)))
+    second = tick(sensor, instance, posts_url, cursor=first.cursor)
+    (request,) = second.run_requests
+    assert request.partition_key == "hook" and request.tags[TAG] == "hook"
+    assert now <= window_end(request) <= datetime.now(timezone.utc)
+    assert validate_run_config(definitions().resolve_job_def("training_cycle"), request.run_config)
+    assert NewPostsCount.from_json(second.cursor).count == 10
+
+    third = tick(sensor, instance, posts_url, cursor=second.cursor)
+    assert not third.run_requests and "waiting for it to succeed" in third.skip_reason
+    # Were the cursor lost, the same crossing would carry the same run key, which Dagster runs once.
+    (replayed,) = tick(sensor, instance, posts_url, cursor=None).run_requests
+    assert replayed.run_key == request.run_key
+
+
+def test_no_training_while_one_of_the_task_is_in_progress(posts, pg_posts_url, instance, monkeypatch):
+    monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "5")
+    posts.insert_posts(qualifying(1, 5, datetime.now(timezone.utc) - timedelta(hours=2)))
+    sensor = automation.data_threshold_sensor("hook")
+    # Neither another task's training nor an evaluation of this task holds it back...
+    add_run(instance, "training_cycle", "body", DagsterRunStatus.STARTED)
+    add_run(instance, "experiment_evaluation", "hook", DagsterRunStatus.STARTED)
+    add_run(instance, "training_cycle", "hook", DagsterRunStatus.FAILURE)
+    assert tick(sensor, instance, pg_posts_url, cursor=None).run_requests
+
+    # ...but a queued or running training of the task does, until it has finished.
+    queued = add_run(instance, "training_cycle", "hook", DagsterRunStatus.QUEUED)
+    held = tick(sensor, instance, pg_posts_url, cursor=None)
+    assert not held.run_requests and f"training run {queued.run_id} is in progress" in held.skip_reason
+    instance.report_run_canceled(queued)
+    released = tick(sensor, instance, pg_posts_url, cursor=held.cursor)
+    assert released.run_requests
+
+
+def test_after_a_training_the_count_restarts_at_its_window_end_and_waits_the_interval(
+    posts, pg_posts_url, instance, local_openai, tmp_path, monkeypatch
+):
+    """A real training in between: the sensor finds it in the instance by itself."""
+    monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "10")
+    start = datetime.now(timezone.utc)
+    posts.insert_posts([{**row, "created_at": start - timedelta(days=2, minutes=i)}
+                        for i, row in enumerate(clean_posts(150))])  # fmt: skip
+    first = tick(automation.data_threshold_sensor("hook"), instance, pg_posts_url, cursor=None, maturity_hours=24)
+    (request,) = first.run_requests
+    assert request.run_key == "hook-data-after-never"
+
+    # The requested run, as the daemon would launch it.
+    resources = {
+        "posts_db": PostsDatabaseResource(url=pg_posts_url),
+        "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets")),
+        "openai": OpenAIResource(api_key=local_openai.api_key, base_url=local_openai.base_url),
+        "fine_tuning": FineTuningSettings(poll_initial_seconds=0.05, poll_max_seconds=0.2),
+        "mlflow": MlflowResource(tracking_uri=local_tracking_uri(tmp_path / "mlflow")),
+        "experiment_settings": ExperimentSettings(),
+    }
+    training = [data.engaged_posts, data.training_jsonl, data.enough_examples, data.valid_format,
+                fine_tuning.fine_tuned_model]  # fmt: skip
+    trained = materialize(training, partition_key="hook", run_config=request.run_config, tags=request.tags,
+                          resources=resources, instance=instance)  # fmt: skip
+    assert trained.success
+
+    # Posts the training read do not count again; the 12 published after its window do.
+    window = window_end(request)
+    posts.insert_posts(qualifying(10_000, 5, window - timedelta(hours=1))
+                       + qualifying(20_000, 12, window + timedelta(hours=1)))  # fmt: skip
+    settings = DataThresholdSettings(threshold=10, min_interval=timedelta(hours=48))
+
+    def evaluate(hours_later: float, cursor: str):
+        return evaluate_data_threshold(instance, posts, "hook", cursor, now=window + timedelta(hours=hours_later),
+                                       maturity=timedelta(hours=24), settings=settings)  # fmt: skip
+
+    too_soon = evaluate(26, first.cursor)
+    assert too_soon.count.count == 12 and too_soon.run_request is None
+    assert "less than 48 h ago" in too_soon.skip_reason
+    later = evaluate(49, too_soon.count.to_json())
+    assert later.count.count == 12
+    assert later.run_request.run_key != request.run_key and later.run_request.run_key.startswith("hook-data-after-")
+    # The body model was never trained: its count is its own.
+    body = evaluate_data_threshold(instance, posts, "body", None, now=window + timedelta(hours=26),
+                                   maturity=timedelta(hours=24), settings=settings)  # fmt: skip
+    assert body.count.count == 150 + 5 + 12
+
+
+def test_settings_from_the_environment_are_checked(monkeypatch):
+    monkeypatch.setenv("FTP_MIN_TRAINING_INTERVAL_HOURS", "0.5")
+    monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "250")
+    assert DataThresholdSettings.from_env() == DataThresholdSettings(threshold=250, min_interval=timedelta(minutes=30))
+    monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "lots")
+    with pytest.raises(ValueError, match="FTP_TRAINING_NEW_POSTS_THRESHOLD must be a positive int, got 'lots'"):
+        automation.data_threshold_sensor("hook")
+
+
+# --- the experiment sensor -----------------------------------------------------------------
+
+
+def arm_posts(first_id: int, created_at: datetime, count: int = 4) -> list[dict]:
+    rows = qualifying(first_id, count, created_at)
+    return [{**row, "hook_model": CHALLENGER if i % 2 else CHAMPION} for i, row in enumerate(rows)]
+
+
+def test_experiment_sensor_evaluates_only_when_new_matured_outcomes_arrive(posts, pg_posts_url, instance):
+    now = datetime.now(timezone.utc)
+    store = ExperimentStore(posts.engine)
+    store.init_schema()
+    experiment = store.start(task="hook", champion_model=CHAMPION, challenger_model=CHALLENGER,
+                             challenger_share=0.1, started_at=now - timedelta(days=3), registry_version="1")  # fmt: skip
+    sensor = automation.experiment_evaluation_sensor()
+
+    def evaluate(cursor):
+        return tick(sensor, instance, pg_posts_url, cursor, maturity_hours=24)
+
+    # Posts from before the experiment, or by other models, are no outcome of it.
+    posts.insert_posts(arm_posts(1, now - timedelta(days=4))
+                       + [{**row, "hook_model": "someone-else"} for row in qualifying(10, 3, now - timedelta(days=2))])
+    empty = evaluate(None)
+    assert not empty.run_requests
+    assert f"hook: no new matured outcome for {experiment.experiment_id}" in empty.skip_reason
+    assert "body: no running experiment" in empty.skip_reason
+
+    posts.insert_posts(arm_posts(100, now - timedelta(days=2)))
+    result = evaluate(empty.cursor)
+    (first,) = result.run_requests
+    assert first.partition_key == "hook"
+    evaluated_at = datetime.fromisoformat(first.run_config["ops"]["ab_test_result"]["config"]["evaluated_at"])
+    assert now <= evaluated_at <= datetime.now(timezone.utc)
+    assert validate_run_config(definitions().resolve_job_def("experiment_evaluation"), first.run_config)
+
+    # Nothing new, or only posts still gathering reactions: no evaluation.
+    same = evaluate(result.cursor)
+    assert not same.run_requests
+    posts.insert_posts(arm_posts(200, now - timedelta(hours=2)))
+    assert not evaluate(same.cursor).run_requests
+
+    posts.insert_posts(arm_posts(300, now - timedelta(hours=30)))
+    (second,) = evaluate(same.cursor).run_requests
+    assert second.run_key != first.run_key and second.run_key.startswith(experiment.experiment_id)
