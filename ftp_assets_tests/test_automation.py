@@ -21,6 +21,7 @@ from dagster import (
     validate_run_config,
 )
 from dagster._core.errors import DagsterInvalidDefinitionError
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._utils.schedules import cron_string_iterator
 from dagster_openai import OpenAIResource
 
@@ -92,8 +93,11 @@ def tick(sensor, instance: DagsterInstance, url: str, cursor: str | None, maturi
 
 
 def add_run(instance: DagsterInstance, job_name: str, task: str, status: DagsterRunStatus) -> DagsterRun:
+    """A run record as the daemon stores it (a queued run must say where its job lives)."""
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("ftp_assets"), "__repository__"),
+                             job_name)  # fmt: skip
     return instance.add_run(DagsterRun(job_name=job_name, run_id=uuid.uuid4().hex, status=status,
-                                       tags={"dagster/partition": task, TAG: task}))  # fmt: skip
+                                       tags={"dagster/partition": task, TAG: task}, remote_job_origin=origin))  # fmt: skip
 
 
 def window_end(request: RunRequest) -> datetime:
@@ -104,8 +108,8 @@ def window_end(request: RunRequest) -> datetime:
 
 
 def test_weekly_schedule_trains_each_task_on_the_week_ending_at_its_tick():
-    defs = definitions()
-    schedule = defs.get_schedule_def("weekly_training")
+    repository = definitions().get_repository_def()
+    schedule = repository.get_schedule_def("weekly_training")
     after_wednesday = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
     next_tick = next(cron_string_iterator(after_wednesday.timestamp(), schedule.cron_schedule,
                                           schedule.execution_timezone))  # fmt: skip
@@ -113,17 +117,23 @@ def test_weekly_schedule_trains_each_task_on_the_week_ending_at_its_tick():
 
     # A late evaluation of last Sunday's tick reads last Sunday's week, not the present one.
     sunday = datetime(2026, 11, 22, 2, tzinfo=timezone.utc)
-    requests = schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=sunday)).run_requests
+
+    def evaluate(tick: datetime) -> list[RunRequest]:
+        # As the daemon does, checking each request against the job (partition keys included).
+        context = build_schedule_context(scheduled_execution_time=tick, repository_def=repository)
+        return schedule.evaluate_tick(context).run_requests
+
+    requests = evaluate(sunday)
     assert sorted(r.partition_key for r in requests) == ["body", "hook"]
-    training_cycle = defs.resolve_job_def("training_cycle")
+    training_cycle = repository.get_job("training_cycle")
     for request in requests:
         assert window_end(request) == sunday
         assert request.tags[TAG] == request.partition_key
         assert validate_run_config(training_cycle, request.run_config)
     # One run key per (tick, task): a tick evaluated twice launches nothing twice.
-    again = schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=sunday)).run_requests
+    again = evaluate(sunday)
     assert [r.run_key for r in again] == [r.run_key for r in requests] and len({r.run_key for r in requests}) == 2
-    following = schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=next_tick)).run_requests
+    following = evaluate(next_tick)
     assert not {r.run_key for r in following} & {r.run_key for r in requests}
 
 
@@ -134,7 +144,7 @@ def test_schedule_cron_and_timezone_come_from_the_environment(monkeypatch):
     after = datetime(2026, 11, 25, tzinfo=timezone.utc)
     next_tick = next(cron_string_iterator(after.timestamp(), schedule.cron_schedule, schedule.execution_timezone))
     assert next_tick.astimezone(timezone.utc) == datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc)
-    request = schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=next_tick)).run_requests[0]
+    request = schedule(build_schedule_context(scheduled_execution_time=next_tick))[0]
     assert window_end(request) == datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc)
 
     monkeypatch.setenv("FTP_TRAINING_CRON", "every sunday")
@@ -156,7 +166,7 @@ def test_crossing_the_threshold_requests_exactly_one_training(posts_url, instanc
 
     first = tick(sensor, instance, posts_url, cursor=None)
     assert not first.run_requests
-    assert "6/10 new qualifying posts" in first.skip_reason
+    assert "6/10 new qualifying posts" in first.skip_reason.skip_message
 
     # Four more mature; the ten recent posts (younger than the 1-hour maturity) are not counted.
     db.insert_posts(qualifying(300, 4, datetime.now(timezone.utc) - timedelta(hours=1)))
@@ -164,11 +174,11 @@ def test_crossing_the_threshold_requests_exactly_one_training(posts_url, instanc
     (request,) = second.run_requests
     assert request.partition_key == "hook" and request.tags[TAG] == "hook"
     assert now <= window_end(request) <= datetime.now(timezone.utc)
-    assert validate_run_config(definitions().resolve_job_def("training_cycle"), request.run_config)
+    assert validate_run_config(definitions().get_repository_def().get_job("training_cycle"), request.run_config)
     assert NewPostsCount.from_json(second.cursor).count == 10
 
     third = tick(sensor, instance, posts_url, cursor=second.cursor)
-    assert not third.run_requests and "waiting for it to succeed" in third.skip_reason
+    assert not third.run_requests and "waiting for it to succeed" in third.skip_reason.skip_message
     # Were the cursor lost, the same crossing would carry the same run key, which Dagster runs once.
     (replayed,) = tick(sensor, instance, posts_url, cursor=None).run_requests
     assert replayed.run_key == request.run_key
@@ -187,7 +197,7 @@ def test_no_training_while_one_of_the_task_is_in_progress(posts, pg_posts_url, i
     # ...but a queued or running training of the task does, until it has finished.
     queued = add_run(instance, "training_cycle", "hook", DagsterRunStatus.QUEUED)
     held = tick(sensor, instance, pg_posts_url, cursor=None)
-    assert not held.run_requests and f"training run {queued.run_id} is in progress" in held.skip_reason
+    assert not held.run_requests and f"training run {queued.run_id} is in progress" in held.skip_reason.skip_message
     instance.report_run_canceled(queued)
     released = tick(sensor, instance, pg_posts_url, cursor=held.cursor)
     assert released.run_requests
@@ -275,8 +285,8 @@ def test_experiment_sensor_evaluates_only_when_new_matured_outcomes_arrive(posts
                        + [{**row, "hook_model": "someone-else"} for row in qualifying(10, 3, now - timedelta(days=2))])
     empty = evaluate(None)
     assert not empty.run_requests
-    assert f"hook: no new matured outcome for {experiment.experiment_id}" in empty.skip_reason
-    assert "body: no running experiment" in empty.skip_reason
+    assert f"hook: no new matured outcome for {experiment.experiment_id}" in empty.skip_reason.skip_message
+    assert "body: no running experiment" in empty.skip_reason.skip_message
 
     posts.insert_posts(arm_posts(100, now - timedelta(days=2)))
     result = evaluate(empty.cursor)
@@ -284,7 +294,7 @@ def test_experiment_sensor_evaluates_only_when_new_matured_outcomes_arrive(posts
     assert first.partition_key == "hook"
     evaluated_at = datetime.fromisoformat(first.run_config["ops"]["ab_test_result"]["config"]["evaluated_at"])
     assert now <= evaluated_at <= datetime.now(timezone.utc)
-    assert validate_run_config(definitions().resolve_job_def("experiment_evaluation"), first.run_config)
+    assert validate_run_config(definitions().get_repository_def().get_job("experiment_evaluation"), first.run_config)
 
     # Nothing new, or only posts still gathering reactions: no evaluation.
     same = evaluate(result.cursor)

@@ -1,0 +1,44 @@
+"""The `ftp` front door: help, and errors a user can cause said in one sentence."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ftp_assets.cli import main
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "ftp_assets.cli", "--help"], capture_output=True, text=True).stdout
+    for command in ("demo", "db", "demo-data", "local-openai", "rollback", "ui"):
+        assert command in out
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("not a url", "ftp: FTP_POSTS_DB_URL is not a valid SQLAlchemy URL"),
+        ("postgresql://agent:hunter2@127.0.0.1:1/posts", "ftp: Cannot connect to the posts database at "
+                                                          "postgresql+psycopg://agent:***@127.0.0.1:1/posts"),
+    ],
+)
+def test_bad_database_url_is_one_clear_sentence(monkeypatch, capsys, url, message):
+    monkeypatch.setenv("FTP_POSTS_DB_URL", url)
+    assert main(["db", "init"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert "hunter2" not in err
+
+
+def test_db_init_is_idempotent_and_demo_data_appends(pg_posts_url, monkeypatch, capsys):
+    monkeypatch.setenv("FTP_POSTS_DB_URL", pg_posts_url)
+    assert main(["db", "init"]) == 0
+    assert main(["db", "init"]) == 0
+    assert main(["demo-data", "--posts", "50"]) == 0
+    assert main(["demo-data", "--posts", "50"]) == 0  # new ids after the largest: no conflict
+    assert capsys.readouterr().out.count("Inserted 50 synthetic demo posts.") == 2
+
+
+def test_rollback_with_nothing_to_roll_back_says_so(capsys):
+    assert main(["rollback", "--task", "hook"]) == 1
+    assert "Nothing to roll back: threads_agent_hook_model has no previous-champion alias" in capsys.readouterr().err
