@@ -208,14 +208,13 @@ class PostsDatabase:
         with self.read_only() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(selected)).scalar_one()
 
-    def stream_selection(self, window: Window, rule: SelectionRule, batch_size: int = 20_000) -> Iterator[list[tuple]]:
+    def stream_selection(self, window: Window, rule: SelectionRule, batch_size: int = 20_000) -> Iterator[list[sa.Row]]:
         """The qualifying posts in batches, through a server-side cursor on PostgreSQL."""
         with self.read_only() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
                 self.selection_query(window, rule)
             )
-            for batch in result.partitions(batch_size):
-                yield [tuple(row) for row in batch]
+            yield from result.partitions(batch_size)
 
     def insert_posts(self, rows: Iterable[dict], batch_size: int = 5_000) -> int:
         """Insert contract rows (demo data and tests; the agent writes production posts)."""

@@ -149,3 +149,31 @@ def test_format_rules_of_the_cookbook():
     assert format_error({"messages": [{"role": "assistant", "content": " "}]}) == "missing_content"
     assert format_error({"messages": [{"role": "user", "content": "x"}]}) == "example_missing_assistant_message"
     assert line_error(b"{not json") == "invalid_json"
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 2)), max_size=60))
+def test_keep_most_engaging_matches_a_one_by_one_reference(posts):
+    """Each post: (rate step, text variant, normalized group). Same group = same normalized text;
+    same (group, variant) = same exact text. The reference walks the posts most engaging first."""
+    import numpy as np
+
+    from ftp_assets.data_path import keep_most_engaging
+
+    rates = np.array([r / 10 for r, _, _ in posts], dtype=float)
+    ids = np.arange(len(posts))[::-1].copy()  # ids descending, so ties are broken by id for real
+    exact = np.array([g * 10 + v for _, v, g in posts], dtype=np.int64)
+    normalized = np.array([g for _, _, g in posts], dtype=np.int64)
+    keep, n_exact, n_normalized = keep_most_engaging(rates, ids, exact, normalized)
+
+    expected_keep, kept_text = [False] * len(posts), {}
+    expected_exact = expected_normalized = 0
+    for i in sorted(range(len(posts)), key=lambda i: (-rates[i], ids[i])):
+        if normalized[i] not in kept_text:
+            kept_text[normalized[i]] = exact[i]
+            expected_keep[i] = True
+        elif kept_text[normalized[i]] == exact[i]:
+            expected_exact += 1
+        else:
+            expected_normalized += 1
+    assert keep.tolist() == expected_keep
+    assert (n_exact, n_normalized) == (expected_exact, expected_normalized)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from typing import NamedTuple
 
 EMAIL_PLACEHOLDER = "[email]"
 PHONE_PLACEHOLDER = "[phone]"
@@ -48,8 +48,7 @@ _INJECTION_HINTS = ("instruction", "prompt", "rules", "guideline", "you are now"
 _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
-@dataclass(frozen=True)
-class CleanText:
+class CleanText(NamedTuple):  # a tuple, not a dataclass: one is made per text of a million posts
     text: str
     emails: int
     phones: int

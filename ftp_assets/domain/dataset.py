@@ -79,9 +79,12 @@ def build_example(task: str, system: str, original_input: str, hook: str, body: 
     }
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once, not per line
+
+
 def serialize(example: dict) -> bytes:
     """The canonical bytes of one line: compact JSON, UTF-8 as is, keys in building order."""
-    return json.dumps(example, ensure_ascii=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(example).encode()
 
 
 def stable_fraction(key: str) -> float:
@@ -119,6 +122,17 @@ class TokenStats:
     _sum_b2: float = 0.0
     _sum_tb: float = 0.0
     max_tokens_seen: int = 0
+
+    @classmethod
+    def combined(cls, parts) -> "TokenStats":
+        """The statistics of the concatenation of the parts' examples."""
+        total = cls()
+        for part in parts:
+            for name in ("examples", "content_bytes", "sampled_examples", "sampled_bytes", "sampled_tokens",
+                         "_sum_t2", "_sum_b2", "_sum_tb"):  # fmt: skip
+                setattr(total, name, getattr(total, name) + getattr(part, name))
+            total.max_tokens_seen = max(total.max_tokens_seen, part.max_tokens_seen)
+        return total
 
     def add_bytes(self, size: int) -> None:
         self.examples += 1
