@@ -61,8 +61,8 @@ FINE_TUNE_TASK_TAG = "ftp/fine-tune-task"
 PARTITION_TAG = "dagster/partition"  # Dagster's tag on every run of a partition
 ENGAGED_POSTS = AssetKey("engaged_posts")
 FINE_TUNED_MODEL = AssetKey("fine_tuned_model")
-UNFINISHED = [s for s in DagsterRunStatus if s not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE,
-                                                       DagsterRunStatus.CANCELED)]  # fmt: skip
+FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+UNFINISHED = [status for status in DagsterRunStatus if status not in FINISHED]
 NEVER_TRAINED = "never"
 
 
@@ -80,10 +80,11 @@ def _env_number(name: str, default: float, kind: Callable[[str], float] = float)
 
 
 def _training_run_request(task: str, window_end: datetime, run_key: str) -> RunRequest:
+    window = {"window_end": window_end.astimezone(timezone.utc).isoformat()}
     return RunRequest(
         run_key=run_key,
         partition_key=task,
-        run_config={"ops": {"engaged_posts": {"config": {"window_end": window_end.astimezone(timezone.utc).isoformat()}}}},
+        run_config={"ops": {"engaged_posts": {"config": window}}},
         tags={FINE_TUNE_TASK_TAG: task},
     )
 
@@ -110,8 +111,8 @@ def weekly_training_schedule() -> ScheduleDefinition:
 
 @dataclass(frozen=True)
 class NewPostsCount:
-    """A task's sensor cursor: how many qualifying posts created in [start, counted_until) have
-    been counted since the last successful training (``baseline``)."""
+    """A task's sensor cursor: the qualifying posts created before ``counted_until`` and since the
+    last successful training (``baseline``) that have been counted so far."""
 
     baseline: str  # storage id of that training's materialization, or NEVER_TRAINED
     counted_until: datetime
@@ -180,14 +181,16 @@ class DataThresholdSettings:
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class DataThresholdTick:
     count: NewPostsCount
     run_request: RunRequest | None
     skip_reason: str | None
 
 
-def evaluate_data_threshold(instance: DagsterInstance, db: PostsDatabase, task: str, cursor: str | None, *,
-                            now: datetime, maturity: timedelta, settings: DataThresholdSettings) -> Evaluation:  # fmt: skip
+def evaluate_data_threshold(
+    instance: DagsterInstance, db: PostsDatabase, task: str, cursor: str | None, *,
+    now: datetime, maturity: timedelta, settings: DataThresholdSettings,
+) -> DataThresholdTick:  # fmt: skip
     """One tick of a task's data-threshold sensor, at ``now``."""
     matured_before = now - maturity
     training = _latest_materialization(instance, FINE_TUNED_MODEL, task)
@@ -201,11 +204,12 @@ def evaluate_data_threshold(instance: DagsterInstance, db: PostsDatabase, task: 
         count = NewPostsCount(baseline=baseline, counted_until=start)
     count = count.counted_to(db, matured_before, settings.rule)
 
-    def skip(reason: str) -> Evaluation:
-        return Evaluation(count, None, f"{task}: {count.count}/{settings.threshold} new qualifying posts; {reason}.")
+    def skip(reason: str) -> DataThresholdTick:
+        counted = f"{count.count}/{settings.threshold} new qualifying posts"
+        return DataThresholdTick(count, None, f"{task}: {counted}; {reason}.")
 
     if count.requested:
-        return skip("a training was requested for them, waiting for it to succeed")
+        return skip("a training was requested for them; the count starts again after the next successful one")
     if count.count < settings.threshold:
         return skip("below the threshold")
     running = _training_in_progress(instance, task)
@@ -220,7 +224,7 @@ def evaluate_data_threshold(instance: DagsterInstance, db: PostsDatabase, task: 
     # for good (after the instance's run retries) it is not requested again for the same posts;
     # the weekly schedule or a person takes over.
     request = _training_run_request(task, now, run_key=f"{task}-data-after-{baseline}")
-    return Evaluation(replace(count, requested=True), request, None)
+    return DataThresholdTick(replace(count, requested=True), request, None)
 
 
 def data_threshold_sensor(task: str) -> SensorDefinition:
@@ -236,14 +240,14 @@ def data_threshold_sensor(task: str) -> SensorDefinition:
     )
     def _sensor(context: SensorEvaluationContext, posts_db: PostsDatabaseResource,
                 experiment_settings: ExperimentSettings) -> SensorResult:  # fmt: skip
-        evaluation = evaluate_data_threshold(
+        tick = evaluate_data_threshold(
             context.instance, posts_db.open(), task, context.cursor, now=datetime.now(timezone.utc),
             maturity=timedelta(hours=experiment_settings.maturity_hours), settings=settings,
         )  # fmt: skip
         return SensorResult(
-            run_requests=[evaluation.run_request] if evaluation.run_request else [],
-            skip_reason=evaluation.skip_reason,
-            cursor=evaluation.count.to_json(),
+            run_requests=[tick.run_request] if tick.run_request else [],
+            skip_reason=tick.skip_reason,
+            cursor=tick.count.to_json(),
         )
 
     return _sensor

@@ -36,7 +36,11 @@ def cmd_db_init(args: argparse.Namespace) -> None:
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
     from ftp_assets.demo import load_demo_posts
+    from ftp_assets.errors import UserError
 
+    if os.environ.get("FTP_POSTS_DB_URL") and not args.force:
+        raise UserError("FTP_POSTS_DB_URL is set and may be the agent's production database: "
+                        "add --force to write synthetic posts into it anyway.")  # fmt: skip
     db = _posts_db()
     db.init_schema()
     inserted = load_demo_posts(db, posts=args.posts, seed=args.seed)
@@ -60,12 +64,10 @@ def cmd_local_openai(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    from ftp_assets.mlflow_registry import rollback
     from ftp_assets.resources import MlflowResource
+    from ftp_assets.rollback import rollback_champion_of
 
-    restored, demoted = rollback(MlflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")).client(), args.task)
-    print(f"{args.task}: champion is version {restored.version} again "
-          f"({restored.tags.get('provider_model_id', '?')}); version {demoted.version} is tagged rolled_back.")  # fmt: skip
+    print(rollback_champion_of(MlflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")), args.task))
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("demo-data", help="fill the posts table with clearly synthetic posts")
     data.add_argument("--posts", type=int, default=6_000)
     data.add_argument("--seed", type=int, default=7)
+    data.add_argument("--force", action="store_true", help="write into the database of FTP_POSTS_DB_URL too")
     data.set_defaults(func=cmd_demo_data)
 
     local = commands.add_parser("local-openai", help="serve the local OpenAI-compatible fine-tuning service")

@@ -16,7 +16,6 @@ from dagster_openai import OpenAIResource
 
 from ftp_assets import automation
 from ftp_assets.assets import data, experiment, fine_tuning
-from ftp_assets.partitions import task_partitions
 from ftp_assets.resources import (
     LOCAL_OPENAI_API_KEY,
     LOCAL_OPENAI_BASE_URL,
@@ -47,13 +46,11 @@ def openai_resource() -> OpenAIResource:
 training_cycle = define_asset_job(
     "training_cycle",
     selection=AssetSelection.assets(data.engaged_posts, data.training_jsonl, fine_tuning.fine_tuned_model),
-    partitions_def=task_partitions,
     description="The weekly training cycle of one task, from the posts to the fine-tuned challenger.",
 )
 experiment_evaluation = define_asset_job(
     "experiment_evaluation",
     selection=AssetSelection.assets(experiment.ab_test_result, experiment.registered_model),
-    partitions_def=task_partitions,
     description="Evaluate the task's running experiment and act on a final decision.",
 )
 

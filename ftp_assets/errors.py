@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from dagster import Failure
+
 from ftp_assets.mlflow_registry import RegistryError
 from ftp_assets.posts_db import PostsDatabaseError
 
-USER_ERRORS: tuple[type[Exception], ...] = (PostsDatabaseError, RegistryError)
+
+class UserError(Exception):
+    """A mistake in how a command was called."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (PostsDatabaseError, RegistryError, UserError, Failure)
 
 
 def is_user_error(error: BaseException) -> bool:

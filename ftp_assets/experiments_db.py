@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ftp_assets.domain.ab_stats import ArmStats
-from ftp_assets.posts_db import PostsDatabase, SelectionRule, table_ddl
+from ftp_assets.posts_db import PostsDatabase, SelectionRule, UTCDateTime, table_ddl
 
 RUNNING, PROMOTED, REJECTED, SUPERSEDED = "running", "promoted", "rejected", "superseded"
 
@@ -28,10 +28,10 @@ experiments = sa.Table(
     sa.Column("champion_model", sa.Text, nullable=False),
     sa.Column("challenger_model", sa.Text, nullable=False),
     sa.Column("challenger_share", sa.Float, nullable=False),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("registry_version", sa.Text),
-    sa.Column("decided_at", sa.DateTime(timezone=True)),
+    sa.Column("decided_at", UTCDateTime),
     sa.Column("decision", sa.Text),
     sa.Column("reason", sa.Text),
     sa.Column("statistics", sa.Text),  # JSON of the deciding analysis
@@ -64,18 +64,9 @@ class ArmOutcomes:
     excluded_impossible: int  # posts of either arm left out for impossible counts
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
 def _experiment(row) -> Experiment:
     fields = row._asdict()
-    return Experiment(
-        **{k: fields[k] for k in Experiment.__dataclass_fields__ if k != "started_at"},
-        started_at=_utc(fields["started_at"]),
-    )
+    return Experiment(**{name: fields[name] for name in Experiment.__dataclass_fields__})
 
 
 class ExperimentStore:
@@ -117,7 +108,7 @@ class ExperimentStore:
             conn.execute(experiments.insert().values(
                 experiment_id=experiment_id, task=task, champion_model=champion_model,
                 challenger_model=challenger_model, challenger_share=challenger_share,
-                started_at=_utc(started_at), status=RUNNING, registry_version=registry_version,
+                started_at=started_at, status=RUNNING, registry_version=registry_version,
             ))  # fmt: skip
         return self.running(task)
 
@@ -128,7 +119,7 @@ class ExperimentStore:
             updated = conn.execute(
                 experiments.update()
                 .where(experiments.c.experiment_id == experiment_id, experiments.c.status == RUNNING)
-                .values(status=status, decision=decision, reason=reason, decided_at=_utc(decided_at),
+                .values(status=status, decision=decision, reason=reason, decided_at=decided_at,
                         statistics=json.dumps(statistics, default=str))  # fmt: skip
             ).rowcount
         return bool(updated)
@@ -139,9 +130,8 @@ def arm_outcomes(db: PostsDatabase, experiment: Experiment, *, matured_before: d
     """Both arms' sufficient statistics in one aggregate query: posts written by either model
     since the start and older than the maturity cut-off (the same rule for both arms)."""
     t = db.table.c
-    model = t.hook_model if experiment.task == "hook" else t.body_model
-    possible = sa.and_(t.impressions >= 0, t.engagements >= 0, t.engagements <= t.impressions,
-                       t.impressions <= rule.max_impressions)  # fmt: skip
+    model = _model_column(db, experiment.task)
+    possible = db.possible_counts(rule)
     x = sa.cast(t.engagements, sa.Float)
     y = sa.cast(t.impressions, sa.Float)
 
@@ -170,7 +160,7 @@ def arm_outcomes(db: PostsDatabase, experiment: Experiment, *, matured_before: d
             return ArmStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
         return ArmStats(int(row.n), row.sum_x, row.sum_y, row.sum_x2, row.sum_y2, row.sum_xy)
 
-    newest = [_utc(row.newest) for row in rows.values() if row.newest is not None]
+    newest = [row.newest for row in rows.values() if row.newest is not None]
     return ArmOutcomes(
         control=arm(experiment.champion_model),
         treatment=arm(experiment.challenger_model),
@@ -182,10 +172,15 @@ def arm_outcomes(db: PostsDatabase, experiment: Experiment, *, matured_before: d
 def newest_matured_post(db: PostsDatabase, experiment: Experiment, *, matured_before: datetime) -> datetime | None:
     """The cheap question the experiment sensor asks each tick: one index lookup per arm."""
     t = db.table.c
-    model = t.hook_model if experiment.task == "hook" else t.body_model
+    model = _model_column(db, experiment.task)
     query = sa.select(sa.func.max(t.created_at)).where(
         model.in_([experiment.champion_model, experiment.challenger_model]),
         t.created_at >= experiment.started_at, t.created_at < matured_before,
     )  # fmt: skip
     with db.read_only() as conn:
-        return _utc(conn.execute(query).scalar())
+        return conn.execute(query).scalar()
+
+
+def _model_column(db: PostsDatabase, task: str) -> sa.Column:
+    """The column in which the agent records the model that wrote the task's text."""
+    return db.table.c.hook_model if task == "hook" else db.table.c.body_model

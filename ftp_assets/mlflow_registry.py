@@ -36,7 +36,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-TASKS = ("hook", "body")
+from ftp_assets.domain.dataset import TASKS
+
 EXPERIMENT_NAME = "fine_tuning_pipeline"
 
 CHAMPION = "champion"

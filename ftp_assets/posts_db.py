@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -24,6 +24,26 @@ class PostsDatabaseError(Exception):
     """A problem with the posts database that the user can fix; the message says what."""
 
 
+class UTCDateTime(sa.TypeDecorator):
+    """A timestamp stored and returned in UTC on every database. SQLite keeps no offset, so an
+    aware time is converted to UTC before it is stored and a naive one is taken as UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        return as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return as_utc(value)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 def posts_table(name: str = "posts", metadata: sa.MetaData | None = None) -> sa.Table:
     metadata = metadata if metadata is not None else sa.MetaData()
     return sa.Table(
@@ -34,7 +54,7 @@ def posts_table(name: str = "posts", metadata: sa.MetaData | None = None) -> sa.
         sa.Column("original_input", sa.Text),
         sa.Column("hook", sa.Text),
         sa.Column("body", sa.Text),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("impressions", sa.BigInteger, nullable=False),
         sa.Column("engagements", sa.BigInteger, nullable=False),
         sa.Column("hook_model", sa.Text),
@@ -156,7 +176,8 @@ class PostsDatabase:
         t = self.table.c
         return sa.and_(t.created_at >= window.start, t.created_at < window.end)
 
-    def _valid_counts(self, rule: SelectionRule) -> sa.ColumnElement:
+    def possible_counts(self, rule: SelectionRule) -> sa.ColumnElement:
+        """Counts a real post can have; anything else is corrupt and left out."""
         t = self.table.c
         return sa.and_(
             t.impressions >= 0, t.engagements >= 0,
@@ -171,7 +192,7 @@ class PostsDatabase:
         return (
             sa.select(t.id, t.persona_id, t.original_input, t.hook, t.body, t.created_at,
                       t.impressions, t.engagements)  # fmt: skip
-            .where(self._in_window(window), self._valid_counts(rule))
+            .where(self._in_window(window), self.possible_counts(rule))
             .where(t.impressions >= rule.min_impressions, rate >= rule.threshold)
             .order_by(rate.desc(), t.id)
         )
@@ -180,7 +201,7 @@ class PostsDatabase:
         """How the window's posts divide between the selection and each reason to leave one out;
         one aggregate query, so the metadata explains the selection without reading rows."""
         t = self.table.c
-        valid = self._valid_counts(rule)
+        valid = self.possible_counts(rule)
         rate = self._rate()
 
         def count_if(condition: sa.ColumnElement) -> sa.ColumnElement:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import PrivateAttr
+from dagster import ConfigurableResource, Failure, InitResourceContext
+from pydantic import Field, PrivateAttr
 
 from ftp_assets.home import ftp_home, home_path
 from ftp_assets.posts_db import PostsDatabase
@@ -26,6 +29,10 @@ class PostsDatabaseResource(ConfigurableResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._db = None
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._db is not None:
+            self._db.engine.dispose()
 
     def open(self) -> PostsDatabase:
         if self._db is None:
@@ -104,6 +111,25 @@ class MlflowResource(ConfigurableResource):
         uri = self.resolved_uri()
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """MLflow's errors quote the server's URL: re-raise them with any credentials hidden."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as error:
+            uri = self.resolved_uri()
+            raise Failure(f"MLflow at {redact_url(uri)} failed: {str(error).replace(uri, redact_url(uri))}") from None
+
+
+def redact_url(url: str) -> str:
+    """The URL without the user and password part."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
 
 class ExperimentSettings(ConfigurableResource):
     """The A/B experiment: the agent's current models (the first champions), the challenger's
@@ -111,7 +137,7 @@ class ExperimentSettings(ConfigurableResource):
 
     hook_agent_model: str = "gpt-4o-mini-2024-07-18"
     body_agent_model: str = "gpt-4o-mini-2024-07-18"
-    challenger_share: float = 0.10
+    challenger_share: float = Field(default=0.10, gt=0, lt=1)
     maturity_hours: float = 24.0
     alpha: float = 0.05
     minimum_lift: float = 0.0

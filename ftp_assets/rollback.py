@@ -1,4 +1,5 @@
-"""Rollback of a task's champion, as a Dagster job (the CLI ``ftp rollback`` runs the same op)."""
+"""Rollback of a task's champion: the Dagster job ``rollback_job`` and ``ftp rollback`` both call
+:func:`rollback_champion_of`."""
 
 from dagster import Config, OpExecutionContext, job, op
 from pydantic import Field
@@ -7,17 +8,23 @@ from ftp_assets.mlflow_registry import rollback
 from ftp_assets.resources import MlflowResource
 
 
+def rollback_champion_of(mlflow: MlflowResource, task: str) -> str:
+    """Move the task's champion back to previous-champion; says what it did."""
+    with mlflow.errors():
+        restored, demoted = rollback(mlflow.client(), task)
+    return (
+        f"{task}: champion is version {restored.version} again "
+        f"({restored.tags.get('provider_model_id', '?')}); version {demoted.version} is tagged rolled_back."
+    )
+
+
 class RollbackConfig(Config):
     task: str = Field(description="hook or body")
 
 
 @op(description="Move the task's champion alias back to previous-champion.")
 def rollback_champion(context: OpExecutionContext, config: RollbackConfig, mlflow: MlflowResource) -> None:
-    restored, demoted = rollback(mlflow.client(), config.task)
-    context.log.info(
-        f"{config.task}: champion is version {restored.version} again "
-        f"({restored.tags.get('provider_model_id', '?')}); version {demoted.version} is tagged rolled_back."
-    )
+    context.log.info(rollback_champion_of(mlflow, config.task))
 
 
 @job(description="Restore the previous champion of a task in the MLflow registry.")

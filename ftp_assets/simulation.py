@@ -12,7 +12,7 @@ to ``posts`` with the models that wrote it, as the agent would.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import openai
@@ -66,8 +66,3 @@ def simulate_posts(
             hook_model=models["hook"], body_model=models["body"],
         ))  # fmt: skip
     return rows
-
-
-def daily_looks(started_at: datetime, days: int, maturity: timedelta) -> list[datetime]:
-    """Evaluation times: once a day, from the first day whose posts have matured."""
-    return [started_at + maturity + timedelta(days=day) for day in range(1, days + 1)]

@@ -84,20 +84,19 @@ def instance():
 
 
 def tick(sensor, instance: DagsterInstance, url: str, cursor: str | None, maturity_hours: float = 1.0):
-    context = build_sensor_context(
-        instance=instance, cursor=cursor,
-        resources={"posts_db": PostsDatabaseResource(url=url),
-                   "experiment_settings": ExperimentSettings(maturity_hours=maturity_hours)},
-    )  # fmt: skip
-    return sensor(context)
+    resources = {"posts_db": PostsDatabaseResource(url=url),
+                 "experiment_settings": ExperimentSettings(maturity_hours=maturity_hours)}  # fmt: skip
+    with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return sensor(context)
 
 
 def add_run(instance: DagsterInstance, job_name: str, task: str, status: DagsterRunStatus) -> DagsterRun:
     """A run record as the daemon stores it (a queued run must say where its job lives)."""
     origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("ftp_assets"), "__repository__"),
                              job_name)  # fmt: skip
-    return instance.add_run(DagsterRun(job_name=job_name, run_id=uuid.uuid4().hex, status=status,
-                                       tags={"dagster/partition": task, TAG: task}, remote_job_origin=origin))  # fmt: skip
+    tags = {"dagster/partition": task, TAG: task}
+    return instance.add_run(DagsterRun(job_name=job_name, run_id=uuid.uuid4().hex, status=status, tags=tags,
+                                       remote_job_origin=origin))  # fmt: skip
 
 
 def window_end(request: RunRequest) -> datetime:
@@ -178,7 +177,7 @@ def test_crossing_the_threshold_requests_exactly_one_training(posts_url, instanc
     assert NewPostsCount.from_json(second.cursor).count == 10
 
     third = tick(sensor, instance, posts_url, cursor=second.cursor)
-    assert not third.run_requests and "waiting for it to succeed" in third.skip_reason.skip_message
+    assert not third.run_requests and "starts again after the next successful one" in third.skip_reason.skip_message
     # Were the cursor lost, the same crossing would carry the same run key, which Dagster runs once.
     (replayed,) = tick(sensor, instance, posts_url, cursor=None).run_requests
     assert replayed.run_key == request.run_key
@@ -273,8 +272,8 @@ def test_experiment_sensor_evaluates_only_when_new_matured_outcomes_arrive(posts
     now = datetime.now(timezone.utc)
     store = ExperimentStore(posts.engine)
     store.init_schema()
-    experiment = store.start(task="hook", champion_model=CHAMPION, challenger_model=CHALLENGER,
-                             challenger_share=0.1, started_at=now - timedelta(days=3), registry_version="1")  # fmt: skip
+    experiment = store.start(task="hook", champion_model=CHAMPION, challenger_model=CHALLENGER, challenger_share=0.1,
+                             started_at=now - timedelta(days=3), registry_version="1")  # fmt: skip
     sensor = automation.experiment_evaluation_sensor()
 
     def evaluate(cursor):

@@ -34,8 +34,10 @@ def test_db_init_is_idempotent_and_demo_data_appends(pg_posts_url, monkeypatch, 
     monkeypatch.setenv("FTP_POSTS_DB_URL", pg_posts_url)
     assert main(["db", "init"]) == 0
     assert main(["db", "init"]) == 0
-    assert main(["demo-data", "--posts", "50"]) == 0
-    assert main(["demo-data", "--posts", "50"]) == 0  # new ids after the largest: no conflict
+    assert main(["demo-data", "--posts", "50"]) == 1  # refused: this may be the production database
+    assert "add --force" in capsys.readouterr().err
+    assert main(["demo-data", "--posts", "50", "--force"]) == 0
+    assert main(["demo-data", "--posts", "50", "--force"]) == 0  # new ids after the largest: no conflict
     assert capsys.readouterr().out.count("Inserted 50 synthetic demo posts.") == 2
 
 

@@ -149,8 +149,9 @@ def test_daemon_sensor_launches_a_training_that_succeeds(
     assert start.returncode == 0, start.stdout + start.stderr
     with DagsterInstance.get() as instance:
         with running([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, log) as daemon:
-            skipped = wait_for("a skipped tick", lambda: [t for t in sensor_ticks(instance)
-                                                          if t.status == TickStatus.SKIPPED], timeout=60, log=log)  # fmt: skip
+            skipped = wait_for("a skipped tick", lambda: [
+                t for t in sensor_ticks(instance) if t.status == TickStatus.SKIPPED
+            ], timeout=60, log=log)  # fmt: skip
             assert f"100/{THRESHOLD} new qualifying posts" in skipped[0].skip_reason
             assert not instance.get_runs(RunsFilter(job_name="training_cycle"))
 

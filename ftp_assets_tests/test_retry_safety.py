@@ -117,6 +117,7 @@ def test_retried_and_repeated_runs_reattach_to_the_one_paid_job(environment, loc
         assert again.success
         assert [j.id for j in client.fine_tuning.jobs.list().data] == [paid.id]
 
-    mlflow = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"], registry_uri=os.environ["MLFLOW_TRACKING_URI"])
+    tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
+    mlflow = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     versions = mlflow.search_model_versions(f"name = '{model_name('hook')}'")
     assert {version.tags["job_id"] for version in versions} == {paid.id}

@@ -53,8 +53,10 @@ def parse_instant(value: str) -> datetime:
 
 
 def run_created_at(context: AssetExecutionContext) -> datetime:
-    """When the run was created: fixed for the run and its retries, unlike the wall clock."""
-    return context.instance.get_run_record_by_id(context.run.run_id).create_timestamp.astimezone(timezone.utc)
+    """When the run was created, or for a retry or re-execution the run it retries: fixed for the
+    run and all its retries, unlike the wall clock."""
+    first_run_id = context.run.root_run_id or context.run.run_id
+    return context.instance.get_run_record_by_id(first_run_id).create_timestamp.astimezone(timezone.utc)
 
 
 def _check_config(config: EngagedPostsConfig) -> None:

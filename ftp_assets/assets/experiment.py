@@ -37,6 +37,11 @@ class AbTestResult:
 
 
 class AbTestConfig(Config):
+    experiment_id: str | None = Field(
+        default=None,
+        description="The experiment to evaluate (the sensor sets it); default the task's running one. "
+        "One that is no longer running fails the run rather than evaluate another.",
+    )
     evaluated_at: str | None = Field(
         default=None,
         description="The evaluation's 'now' (ISO-8601); default the time the run was created, so a "
@@ -98,10 +103,18 @@ def ab_test_result(
 ) -> Output[AbTestResult]:
     task = context.partition_key
     settings = experiment_settings
-    experiment = posts_db.experiments().running(task)
+    store = posts_db.experiments()
+    experiment = store.get(config.experiment_id) if config.experiment_id else store.running(task)
     if experiment is None:
-        raise Failure(f"No experiment is running for the {task} task; fine_tuned_model starts one.")
+        raise Failure(f"No experiment is running for the {task} task; fine_tuned_model starts one."
+                      if not config.experiment_id else f"There is no experiment {config.experiment_id}.")  # fmt: skip
+    if experiment.status != RUNNING or experiment.task != task:
+        raise Failure(f"Experiment {experiment.experiment_id} ({experiment.task}) is {experiment.status}, "
+                      f"not a running {task} experiment; nothing to evaluate.")  # fmt: skip
     now = parse_instant(config.evaluated_at) if config.evaluated_at else run_created_at(context)
+    if now < experiment.started_at:
+        raise Failure(f"The evaluation time {now.isoformat()} is before experiment {experiment.experiment_id} "
+                      f"started ({experiment.started_at.isoformat()}).")  # fmt: skip
     matured_before = now - timedelta(hours=settings.maturity_hours)
     outcomes = arm_outcomes(posts_db.open(), experiment, matured_before=matured_before)
     analysis = analyze(
@@ -157,7 +170,9 @@ def ab_test_result(
             f"![lift and always-valid interval per evaluation](data:image/png;base64,{_lift_history_png(looks)})"
         )
     context.log.info(f"{task}: {decision.decision}: {decision.reason}")
-    return Output(result, metadata={key: value for key, value in metadata.items() if value is not None})
+    # Every name is always there (dashboards rely on them); a missing figure is an explicit null.
+    return Output(result, metadata={key: MetadataValue.null() if value is None else value
+                                    for key, value in metadata.items()})  # fmt: skip
 
 
 def _arms_table(analysis, experiment) -> str:
@@ -205,6 +220,25 @@ def registered_model(
     client = mlflow.client()
     store = posts_db.experiments()
     experiment = store.get(result.experiment_id)
+    with mlflow.errors():
+        action, note = _act_on_decision(task, result, experiment, client, store)
+        current = champion(client, task)
+    context.log.info(note)
+    return Output(
+        RegisteredModel(task=task, action=action, champion_version=current.version if current else None,
+                        champion_model=current.tags.get("provider_model_id") if current else None),  # fmt: skip
+        metadata={
+            "action": action,
+            "note": note,
+            "experiment_id": result.experiment_id,
+            "champion_version": str(current.version) if current else "none (the agent's configured model)",
+            "champion_model": (current.tags.get("provider_model_id") if current else None) or "n/a",
+        },
+    )
+
+
+def _act_on_decision(task: str, result: AbTestResult, experiment, client, store) -> tuple[str, str]:
+    """Apply a final decision to the registry and the experiments table; (action, note)."""
     if result.decision == "continue":
         action, note = "none", f"The experiment continues, no alias changed: {result.reason}"
     elif experiment is None or (experiment.status != RUNNING and experiment.decision != result.decision):
@@ -225,16 +259,4 @@ def registered_model(
         store.finish(result.experiment_id, decision=result.decision, reason=result.reason,
                      statistics=result.statistics, decided_at=result.evaluated_at)  # fmt: skip
         note = f"Version {result.registry_version} {action}: {result.reason}" + ("" if changed else " (already done)")
-    current = champion(client, task)
-    context.log.info(note)
-    return Output(
-        RegisteredModel(task=task, action=action, champion_version=current.version if current else None,
-                        champion_model=current.tags.get("provider_model_id") if current else None),  # fmt: skip
-        metadata={
-            "action": action,
-            "note": note,
-            "experiment_id": result.experiment_id,
-            "champion_version": str(current.version) if current else "none (the agent's configured model)",
-            "champion_model": (current.tags.get("provider_model_id") if current else None) or "n/a",
-        },
-    )
+    return action, note

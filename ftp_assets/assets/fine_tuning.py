@@ -11,12 +11,18 @@ from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
 from dagster_openai import OpenAIResource
 
 from ftp_assets.data_path import TrainingDataset
-from ftp_assets.mlflow_registry import champion, log_fine_tune_run, register_challenger
+from ftp_assets.mlflow_registry import DECISION_TAG, champion, log_fine_tune_run, register_challenger
 from ftp_assets.partitions import task_partitions
 from ftp_assets.providers.base import FineTuneRequest, FineTuningError
 from ftp_assets.providers.openai_provider import OpenAIFineTuningProvider
 from ftp_assets.providers.runner import run_fine_tune
-from ftp_assets.resources import ExperimentSettings, FineTuningSettings, MlflowResource, PostsDatabaseResource
+from ftp_assets.resources import (
+    ExperimentSettings,
+    FineTuningSettings,
+    MlflowResource,
+    PostsDatabaseResource,
+    redact_url,
+)
 
 TRAINING_SAMPLE_LINES = 20
 
@@ -31,7 +37,7 @@ class FineTunedModel:
     dataset_hash: str
     mlflow_run_id: str
     registry_version: str
-    experiment_id: str
+    experiment_id: str | None  # None when the model was already judged (a re-run)
     champion_model: str
 
 
@@ -89,7 +95,7 @@ def fine_tuned_model(
     # Actual cost: the provider's billed (trained) tokens at the price the estimate used.
     actual_cost = (result.trained_tokens or 0) / 1e6 * training_jsonl.usd_per_million_training_tokens
     client = mlflow.client()
-    with tempfile.TemporaryDirectory() as folder:
+    with mlflow.errors(), tempfile.TemporaryDirectory() as folder:
         run_id = log_fine_tune_run(
             client, task=task, dagster_run_id=context.run.run_id,
             params={
@@ -106,17 +112,24 @@ def fine_tuned_model(
                      "estimated_cost_usd": training_jsonl.estimated_cost_usd, "duration_s": result.duration_s},
             sample_path=_training_sample(training_jsonl, Path(folder)),
         )  # fmt: skip
-    version = register_challenger(
-        client, task=task, run_id=run_id, provider_model_id=result.model_id, job_id=result.job_id,
-        training_file_id=result.training_file_id, dataset_hash=training_jsonl.dataset_hash, base_model=base_model,
-    )  # fmt: skip
-    current = champion(client, task)
+        version = register_challenger(
+            client, task=task, run_id=run_id, provider_model_id=result.model_id, job_id=result.job_id,
+            training_file_id=result.training_file_id, dataset_hash=training_jsonl.dataset_hash, base_model=base_model,
+        )  # fmt: skip
+        current = champion(client, task)
     champion_model = current.tags["provider_model_id"] if current else experiment_settings.agent_model(task)
-    experiment = posts_db.experiments().start(
-        task=task, champion_model=champion_model, challenger_model=result.model_id,
-        challenger_share=experiment_settings.challenger_share, started_at=datetime.now(timezone.utc),
-        registry_version=str(version.version),
-    )  # fmt: skip
+    store = posts_db.experiments()
+    if DECISION_TAG in version.tags or champion_model == result.model_id:
+        # A re-run on a dataset whose model was already judged: the decision stands, no second test.
+        experiment = None
+        context.log.info(f"{result.model_id} already has the decision '{version.tags.get(DECISION_TAG, 'promoted')}'"
+                         "; no new experiment is started.")  # fmt: skip
+    else:
+        experiment = store.start(
+            task=task, champion_model=champion_model, challenger_model=result.model_id,
+            challenger_share=experiment_settings.challenger_share, started_at=datetime.now(timezone.utc),
+            registry_version=str(version.version),
+        )  # fmt: skip
     losses = [(m.step, m.train_loss) for m in result.step_metrics if m.train_loss is not None]
     metadata = {
         "provider": provider.name,
@@ -134,9 +147,9 @@ def fine_tuned_model(
             "| step | train loss |\n|---|---|\n" + "\n".join(f"| {s} | {l:.4f} |" for s, l in losses)
         ),
         "mlflow_run_id": run_id,
-        "mlflow_tracking_uri": mlflow.resolved_uri() if "@" not in mlflow.resolved_uri() else "(hidden)",
+        "mlflow_tracking_uri": redact_url(mlflow.resolved_uri()),
         "registry_version": str(version.version),
-        "experiment_id": experiment.experiment_id,
+        "experiment_id": experiment.experiment_id if experiment else "none: the model was already judged",
         "champion_model": champion_model,
     }
     return Output(
@@ -144,7 +157,7 @@ def fine_tuned_model(
             task=task, model_id=result.model_id, base_model=base_model, job_id=result.job_id,
             training_file_id=result.training_file_id, dataset_hash=training_jsonl.dataset_hash,
             mlflow_run_id=run_id, registry_version=str(version.version),
-            experiment_id=experiment.experiment_id, champion_model=champion_model,
+            experiment_id=experiment.experiment_id if experiment else None, champion_model=champion_model,
         ),  # fmt: skip
         metadata={key: value for key, value in metadata.items() if value is not None},
     )

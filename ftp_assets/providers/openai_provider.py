@@ -128,6 +128,9 @@ class OpenAIFineTuningProvider:
                 # Checked here too, so a provider that ignores the filter cannot hand us a stranger's job.
                 if any((found.metadata or {}).get(k) != v for k, v in key.items()):
                     continue
+                # The same dataset on another base model is another model, not a retry.
+                if found.model != request.base_model:
+                    continue
                 if found.status == SUCCEEDED:
                     return _job(found)
                 if found.status not in TERMINAL_STATUSES and live is None:
