@@ -4,11 +4,14 @@
   (``FTP_TRAINING_CRON``, ``FTP_TRAINING_TIMEZONE``), its window ending at the tick's scheduled
   time, so a late or retried run reads the same week.
 * ``<task>_data_threshold_sensor``: trains a task early once ``FTP_TRAINING_NEW_POSTS_THRESHOLD``
-  (100) qualifying posts have matured since its last successful training, unless a training of
-  the task is in progress or the last one finished less than ``FTP_MIN_TRAINING_INTERVAL_HOURS``
-  (24) ago. It checks every ``FTP_TRAINING_SENSOR_INTERVAL_SECONDS`` (300).
+  (100) qualifying posts have matured since its last successful training (the latest
+  ``fine_tuned_model`` materialization of the task), unless a training of the task is in progress
+  or that training finished less than ``FTP_MIN_TRAINING_INTERVAL_HOURS`` (24) ago. One crossing
+  yields one run. It checks every ``FTP_TRAINING_SENSOR_INTERVAL_SECONDS`` (300).
 * ``experiment_evaluation_sensor``: evaluates a task's running experiment when new matured
-  outcome data has arrived, checking every ``FTP_EXPERIMENT_SENSOR_INTERVAL_SECONDS`` (3600).
+  outcome data has arrived, checking every ``FTP_EXPERIMENT_SENSOR_INTERVAL_SECONDS`` (3600: each
+  evaluation is a run, hourly looks are plenty for an experiment of at most a week, and the
+  always-valid interval stays valid however many there are).
 
 Every training run carries the tag ``ftp/fine-tune-task: <task>``, on which the instance's run
 coordinator (dagster.yaml) lets one run per task go at a time.

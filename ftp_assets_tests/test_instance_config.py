@@ -258,3 +258,11 @@ def test_packaged_local_config_is_the_top_level_one() -> None:
     the tests above exercise (and `dagster dev` in the project folder reads)."""
     packaged = files("ftp_assets").joinpath("dagster_local.yaml").read_text()
     assert packaged == LOCAL_CONFIG.read_text()
+
+
+def test_one_fine_tuning_submission_at_a_time(any_instance: DagsterInstance) -> None:
+    """The pool of fine_tuned_model holds one step at a time, with or without the run tag."""
+    from ftp_assets.assets.fine_tuning import fine_tuned_model
+
+    assert fine_tuned_model.op.pool == "fine_tuning"
+    assert any_instance.get_concurrency_config().pool_config.default_pool_limit == 1
