@@ -31,13 +31,18 @@ WINDOW = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoforma
 
 
 @pytest.fixture
-def cycle(pg_posts_url, local_openai, mlflow_server, mlflow_client, tmp_path):
-    """Posts in PostgreSQL, resources on the real parts, an empty registry, a test instance."""
-    db = PostsDatabase(pg_posts_url)
+def cycle(request, local_openai, mlflow_server, mlflow_client, tmp_path):
+    """Posts in PostgreSQL (or SQLite, when parametrized so), resources on the real parts, an
+    empty registry, a test instance."""
+    if getattr(request, "param", "postgresql") == "sqlite":
+        posts_url = f"sqlite:///{tmp_path / 'posts.sqlite3'}"
+    else:
+        posts_url = request.getfixturevalue("pg_posts_url")
+    db = PostsDatabase(posts_url)
     db.init_schema()
     db.insert_posts(generate_demo_posts(1_500, seed=3, end=WINDOW_END))
     resources = {
-        "posts_db": PostsDatabaseResource(url=pg_posts_url),
+        "posts_db": PostsDatabaseResource(url=posts_url),
         "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets")),
         "openai": OpenAIResource(api_key=local_openai.api_key, base_url=local_openai.base_url),
         "fine_tuning": FineTuningSettings(poll_initial_seconds=0.05, poll_max_seconds=0.2),
@@ -48,6 +53,7 @@ def cycle(pg_posts_url, local_openai, mlflow_server, mlflow_client, tmp_path):
         yield db, resources, instance
 
 
+@pytest.mark.parametrize("cycle", ["postgresql", "sqlite"], indirect=True)
 def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_client):
     db, resources, instance = cycle
     trained = materialize(TRAINING, partition_key="hook", run_config=WINDOW, resources=resources, instance=instance)
@@ -121,3 +127,57 @@ def test_too_few_examples_never_starts_a_job(cycle, local_openai):
     assert "fine_tuned_model" not in executed
     jobs = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key).fine_tuning.jobs.list()
     assert jobs.data == []
+
+
+def _train(resources, instance, task="hook", **run_config):
+    config = {"ops": {**WINDOW["ops"], **run_config}}
+    return materialize(TRAINING, partition_key=task, run_config=config, resources=resources, instance=instance)
+
+
+def _evaluate(resources, instance, evaluated_at, experiment_id=None, task="hook"):
+    config = {"evaluated_at": evaluated_at.isoformat()} | ({"experiment_id": experiment_id} if experiment_id else {})
+    return materialize(EVALUATION, partition_key=task, resources=resources, instance=instance, raise_on_error=False,
+                       run_config={"ops": {"ab_test_result": {"config": config}}})  # fmt: skip
+
+
+def test_continue_changes_nothing_and_timeout_rejects(cycle, mlflow_client):
+    db, resources, instance = cycle
+    model = _train(resources, instance).output_for_node("fine_tuned_model")
+    started = ExperimentStore(db.engine).get(model.experiment_id).started_at
+
+    early = _evaluate(resources, instance, started + timedelta(hours=2))
+    assert early.output_for_node("ab_test_result").decision == "continue"
+    assert early.output_for_node("registered_model").action == "none"
+    aliases = mlflow_client.get_registered_model(model_name("hook")).aliases
+    assert aliases == {"challenger": model.registry_version}
+    metadata = early.asset_materializations_for_node("ab_test_result")[0].metadata
+    assert metadata["lift"].value is None and metadata["n_treatment"].value == 0  # named, even when empty
+
+    late = _evaluate(resources, instance, started + timedelta(hours=169))
+    assert late.output_for_node("ab_test_result").decision == "reject"
+    assert "maximum duration" in late.output_for_node("ab_test_result").reason
+    version = mlflow_client.get_model_version(model_name("hook"), model.registry_version)
+    assert version.tags["decision"] == "rejected" and "maximum duration" in version.tags["reason"]
+    assert mlflow_client.get_registered_model(model_name("hook")).aliases == {}
+    assert ExperimentStore(db.engine).get(model.experiment_id).status == "rejected"
+
+    # Training again on the same data re-attaches to the same job and starts no second test.
+    again = _train(resources, instance).output_for_node("fine_tuned_model")
+    assert again.job_id == model.job_id and again.experiment_id is None
+
+
+def test_a_superseded_experiment_is_not_evaluated(cycle):
+    db, resources, instance = cycle
+    first = _train(resources, instance).output_for_node("fine_tuned_model")
+    second = _train(resources, instance, engaged_posts={"config": {"window_end": WINDOW_END.isoformat(),
+                                                                   "engagement_threshold": 0.05}})  # fmt: skip
+    second_model = second.output_for_node("fine_tuned_model")
+    assert second_model.model_id != first.model_id
+    store = ExperimentStore(db.engine)
+    assert store.get(first.experiment_id).status == "superseded"
+    assert store.running("hook").experiment_id == second_model.experiment_id
+    stale = _evaluate(resources, instance, store.get(first.experiment_id).started_at + timedelta(days=2),
+                      experiment_id=first.experiment_id)  # fmt: skip
+    assert not stale.success
+    failure = next(e for e in stale.all_events if e.is_step_failure)
+    assert "is superseded, not a running hook experiment" in failure.step_failure_data.error.message
