@@ -295,7 +295,9 @@ def experiment_evaluation_sensor() -> SensorDefinition:
             run_requests.append(RunRequest(
                 run_key=f"{experiment.experiment_id}-{newest.isoformat()}",
                 partition_key=task,
-                run_config={"ops": {"ab_test_result": {"config": {"evaluated_at": now.isoformat()}}}},
+                run_config={"ops": {"ab_test_result": {"config": {
+                    "experiment_id": experiment.experiment_id, "evaluated_at": now.isoformat(),
+                }}}},
             ))  # fmt: skip
             seen[task] = {"experiment_id": experiment.experiment_id, "newest_post": newest.isoformat()}
         return SensorResult(

@@ -291,8 +291,9 @@ def test_experiment_sensor_evaluates_only_when_new_matured_outcomes_arrive(posts
     result = evaluate(empty.cursor)
     (first,) = result.run_requests
     assert first.partition_key == "hook"
-    evaluated_at = datetime.fromisoformat(first.run_config["ops"]["ab_test_result"]["config"]["evaluated_at"])
-    assert now <= evaluated_at <= datetime.now(timezone.utc)
+    config = first.run_config["ops"]["ab_test_result"]["config"]
+    assert config["experiment_id"] == experiment.experiment_id
+    assert now <= datetime.fromisoformat(config["evaluated_at"]) <= datetime.now(timezone.utc)
     assert validate_run_config(definitions().get_repository_def().get_job("experiment_evaluation"), first.run_config)
 
     # Nothing new, or only posts still gathering reactions: no evaluation.

@@ -80,8 +80,11 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
     start = running.started_at
     db.insert_posts(simulate_posts(client_api, {"hook": running, "body": body_arm}, start=start,
                                    end=start + timedelta(days=3), posts=1_500, first_id=10_000, seed=1))  # fmt: skip
-    look = {"ops": {"ab_test_result": {"config": {"evaluated_at": (start + timedelta(days=4)).isoformat()}}}}
-    evaluated = materialize(EVALUATION, partition_key="hook", run_config=look, resources=resources, instance=instance)
+    assert _evaluate(resources, instance, start + timedelta(hours=1)).output_for_node("ab_test_result").decision == (
+        "continue"
+    )  # an early look with no matured post yet
+    evaluated = _evaluate(resources, instance, start + timedelta(days=4))
+    assert evaluated.success
     result = evaluated.output_for_node("ab_test_result")
     metadata = evaluated.asset_materializations_for_node("ab_test_result")[0].metadata
     for name in ("decision", "reason", "champion_model", "challenger_model", "started_at", "data_until",
@@ -89,6 +92,7 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
                  "fixed_ci_lower", "fixed_ci_upper", "p_value", "srm_p_value", "chance_to_beat"):  # fmt: skip
         assert name in metadata, name
     assert result.decision == "promote", result.reason
+    assert "lift_history" in metadata  # the plot of the looks so far
     assert metadata["ci_lower"].value > 0 and metadata["n_treatment"].value > 50
     assert client.get_model_version_by_alias(model_name("hook"), "champion").version == version.version
     assert "challenger" not in client.get_registered_model(model_name("hook")).aliases

@@ -81,7 +81,8 @@ def _previous_looks(context: AssetExecutionContext, experiment_id: str) -> list[
     looks = []
     for record in reversed(records):
         metadata = record.asset_materialization.metadata
-        if metadata.get("experiment_id") and metadata["experiment_id"].value == experiment_id and "lift" in metadata:
+        same_experiment = "experiment_id" in metadata and metadata["experiment_id"].value == experiment_id
+        if same_experiment and metadata.get("lift") is not None and metadata["lift"].value is not None:
             looks.append({key: metadata[key].value for key in ("lift", "ci_lower", "ci_upper")})
     return looks
 
