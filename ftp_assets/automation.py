@@ -264,7 +264,9 @@ def data_threshold_sensors() -> list[SensorDefinition]:
 
 
 def experiment_evaluation_sensor() -> SensorDefinition:
-    """Evaluates each running experiment when posts newer than its last evaluation have matured."""
+    """Evaluates each running experiment when posts newer than its last evaluation have matured,
+    and once more when its maximum duration has passed, so an experiment whose outcomes stopped
+    arriving is still closed (rejected) rather than left running."""
 
     @sensor(
         name="experiment_evaluation_sensor",
@@ -287,19 +289,24 @@ def experiment_evaluation_sensor() -> SensorDefinition:
                 skip_reasons.append(f"{task}: no running experiment.")
                 continue
             newest = newest_matured_post(db, experiment, matured_before=matured_before)
-            last = seen.get(task, {})
-            if newest is None or (last.get("experiment_id") == experiment.experiment_id
-                                  and parse_instant(last["newest_post"]) >= newest):  # fmt: skip
+            last = seen.get(task, {}) if seen.get(task, {}).get("experiment_id") == experiment.experiment_id else {}
+            new_outcomes = newest is not None and (not last.get("newest_post")
+                                                   or parse_instant(last["newest_post"]) < newest)  # fmt: skip
+            deadline = experiment.started_at + timedelta(hours=experiment_settings.max_duration_hours)
+            overdue = now >= deadline and not last.get("evaluated_after_deadline")
+            if not (new_outcomes or overdue):
                 skip_reasons.append(f"{task}: no new matured outcome for {experiment.experiment_id}.")
                 continue
+            newest_key = newest.isoformat() if newest else "none"
             run_requests.append(RunRequest(
-                run_key=f"{experiment.experiment_id}-{newest.isoformat()}",
+                run_key=f"{experiment.experiment_id}-{newest_key}" + ("-after-deadline" if overdue else ""),
                 partition_key=task,
                 run_config={"ops": {"ab_test_result": {"config": {
                     "experiment_id": experiment.experiment_id, "evaluated_at": now.isoformat(),
                 }}}},
             ))  # fmt: skip
-            seen[task] = {"experiment_id": experiment.experiment_id, "newest_post": newest.isoformat()}
+            seen[task] = {"experiment_id": experiment.experiment_id, "newest_post": newest.isoformat() if newest else "",
+                          "evaluated_after_deadline": now >= deadline}  # fmt: skip
         return SensorResult(
             run_requests=run_requests,
             skip_reason=None if run_requests else " ".join(skip_reasons),

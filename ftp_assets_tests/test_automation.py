@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from dagster import (
@@ -83,9 +82,11 @@ def instance():
         yield instance
 
 
-def tick(sensor, instance: DagsterInstance, url: str, cursor: str | None, maturity_hours: float = 1.0):
+def tick(sensor, instance: DagsterInstance, url: str, cursor: str | None, maturity_hours: float = 1.0,
+         max_duration_hours: float = 168.0):  # fmt: skip
     resources = {"posts_db": PostsDatabaseResource(url=url),
-                 "experiment_settings": ExperimentSettings(maturity_hours=maturity_hours)}  # fmt: skip
+                 "experiment_settings": ExperimentSettings(maturity_hours=maturity_hours,
+                                                           max_duration_hours=max_duration_hours)}  # fmt: skip
     with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         return sensor(context)
 
@@ -305,3 +306,22 @@ def test_experiment_sensor_evaluates_only_when_new_matured_outcomes_arrive(posts
     posts.insert_posts(arm_posts(300, now - timedelta(hours=30)))
     (second,) = evaluate(same.cursor).run_requests
     assert second.run_key != first.run_key and second.run_key.startswith(experiment.experiment_id)
+
+
+def test_experiment_sensor_closes_an_experiment_whose_outcomes_stopped(posts, pg_posts_url, instance):
+    """Past its maximum duration an experiment is evaluated once more even without new posts,
+    so the decision rule can reject it instead of leaving it running for ever."""
+    now = datetime.now(timezone.utc)
+    store = ExperimentStore(posts.engine)
+    store.init_schema()
+    experiment = store.start(task="hook", champion_model=CHAMPION, challenger_model=CHALLENGER, challenger_share=0.1,
+                             started_at=now - timedelta(hours=10), registry_version="1")  # fmt: skip
+    sensor = automation.experiment_evaluation_sensor()
+    within = tick(sensor, instance, pg_posts_url, None, maturity_hours=24, max_duration_hours=24)
+    assert not within.run_requests
+    overdue = tick(sensor, instance, pg_posts_url, within.cursor, maturity_hours=24, max_duration_hours=8)
+    (request,) = overdue.run_requests
+    assert request.run_key == f"{experiment.experiment_id}-none-after-deadline"
+    assert request.run_config["ops"]["ab_test_result"]["config"]["experiment_id"] == experiment.experiment_id
+    again = tick(sensor, instance, pg_posts_url, overdue.cursor, maturity_hours=24, max_duration_hours=8)
+    assert not again.run_requests
