@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
@@ -124,19 +125,62 @@ def windows() -> list[tuple[str, datetime, datetime]]:
     return [("100k", END - week * 0.1, END), ("300k", END - week * 0.3, END), ("1M", END - week, END)]
 
 
-def _rss_mb() -> float:
-    """Peak RSS of this process's own memory (VmHWM): ru_maxrss would carry the parent's peak."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
+def _status_kb(pid: int, field: str, source: str = "status") -> int:
+    try:
+        with open(f"/proc/{pid}/{source}") as status:
+            return int(next(line for line in status if line.startswith(field)).split()[1])
+    except (FileNotFoundError, StopIteration, ProcessLookupError):
+        return 0
+
+
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages (libraries the workers share) counted once overall."""
+    return _status_kb(pid, "Pss:", "smaps_rollup")
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            found = [int(child) for child in children.read().split()]
+    except FileNotFoundError:
+        return []
+    return found + [grandchild for child in found for grandchild in _descendants(child)]
+
+
+class TreeMemory:
+    """Peak of the summed memory (PSS) of this process and its workers, sampled every 50 ms, or
+    this process's own peak RSS if larger (VmHWM of one process would miss the workers;
+    ru_maxrss would carry the parent's peak from before spawn)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        me = os.getpid()
+        while not self._stop.is_set():
+            total = _pss_kb(me) + sum(_pss_kb(child) for child in _descendants(me))
+            self.peak_kb = max(self.peak_kb, total)
+            self._stop.wait(0.05)
+
+    def stop_mb(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak_kb, _status_kb(os.getpid(), "VmHWM:")) / 1024
 
 
 def run_floor(url: str, start: datetime, end: datetime, queue) -> None:
     from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window
 
+    memory = TreeMemory()
     db = PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
     query = db.selection_query(Window(start, end), SelectionRule())
     sql = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
+    counts = count_psycopg_calls()
     started = time.perf_counter()
     rows = 0
     with psycopg.connect(url) as conn, conn.cursor() as cur:
@@ -144,33 +188,16 @@ def run_floor(url: str, start: datetime, end: datetime, queue) -> None:
         with cur.copy(f"COPY ({sql}) TO STDOUT") as copy:
             for block in copy:
                 rows += bytes(block).count(b"\n")
-    queue.put({"seconds": time.perf_counter() - started, "rss_mb": _rss_mb(), "rows": rows, "round_trips": 2})
+    queue.put({"seconds": time.perf_counter() - started, "rss_mb": memory.stop_mb(), "rows": rows,
+               "round_trips": round_trips(counts)})  # fmt: skip
 
 
 def run_ours(url: str, start: datetime, end: datetime, queue) -> None:
-    import sqlalchemy as sa
-
     from ftp_assets import posts_db
     from ftp_assets.data_path import DatasetOptions, build_training_files, collect_engaged_posts
 
+    memory = TreeMemory()
     db = posts_db.PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
-    statements = 0
-
-    def count(*_):
-        nonlocal statements
-        statements += 1
-
-    sa.event.listen(db.engine, "before_cursor_execute", count)
-    fetches = 0
-    stream = db.stream_selection
-
-    def counted_stream(*args, **kwargs):
-        nonlocal fetches
-        for batch in stream(*args, **kwargs):
-            fetches += 1
-            yield batch
-
-    db.stream_selection = counted_stream
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         engaged = collect_engaged_posts(db, "body", posts_db.Window(start, end), posts_db.SelectionRule(),
@@ -178,17 +205,61 @@ def run_ours(url: str, start: datetime, end: datetime, queue) -> None:
         middle = time.perf_counter()
         dataset = build_training_files(engaged, Path(folder), DatasetOptions())
         finished = time.perf_counter()
-    # Each server-side batch is one FETCH; +1 for the last, empty one.
     queue.put({
         "seconds": finished - started, "engaged_seconds": middle - started, "jsonl_seconds": finished - middle,
-        "rss_mb": _rss_mb(), "rows": engaged.rows, "examples": dataset.examples,
-        "round_trips": statements + fetches + 1, "token_rse": dataset.tokens_relative_standard_error,
+        "rss_mb": memory.stop_mb(), "rows": engaged.rows, "examples": dataset.examples,
+        "round_trips": None, "token_rse": dataset.tokens_relative_standard_error,
     })  # fmt: skip
+
+
+def count_psycopg_calls() -> dict[str, int]:
+    """Counts, from now on in this process, the calls by which psycopg talks to the server:
+    connections, statements, FETCHes of a server-side cursor, and transaction ends (each
+    transaction also costs the BEGIN psycopg sends before its first statement)."""
+    import psycopg
+
+    counts = {"connect": 0, "execute": 0, "fetch": 0, "transaction": 0}
+
+    def counting(kind, function):
+        def wrapper(*args, **kwargs):
+            counts[kind] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    psycopg.Connection.connect = classmethod(counting("connect", psycopg.Connection.connect.__func__))
+    psycopg.Cursor.execute = counting("execute", psycopg.Cursor.execute)
+    psycopg.Cursor.copy = counting("execute", psycopg.Cursor.copy)
+    psycopg.ServerCursor.execute = counting("execute", psycopg.ServerCursor.execute)
+    psycopg.ServerCursor.fetchmany = counting("fetch", psycopg.ServerCursor.fetchmany)
+    psycopg.Connection.rollback = counting("transaction", psycopg.Connection.rollback)
+    psycopg.Connection.commit = counting("transaction", psycopg.Connection.commit)
+    return counts
+
+
+def round_trips(counts: dict[str, int]) -> int:
+    return sum(counts.values()) + counts["transaction"]
+
+
+def count_round_trips(url: str, start: datetime, end: datetime, queue) -> None:
+    """The round trips of engaged_posts in one process (the workers send the same statements,
+    split by slice; training_jsonl does not touch the database)."""
+    from ftp_assets import posts_db
+    from ftp_assets.data_path import collect_engaged_posts
+
+    counts = count_psycopg_calls()
+    db = posts_db.PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
+    with tempfile.TemporaryDirectory() as folder:
+        collect_engaged_posts(db, "body", posts_db.Window(start, end), posts_db.SelectionRule(),
+                              Path(folder) / "engaged.parquet", workers=1)  # fmt: skip
+    queue.put({"total": round_trips(counts)})
 
 
 def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
     import pandas as pd
 
+    memory = TreeMemory()
+    counts = count_psycopg_calls()
     from ftp_assets.domain.cleaning import clean_text, dedup_key, looks_like_injection
     from ftp_assets.domain.dataset import build_example, count_tokens, is_validation, system_message
 
@@ -219,7 +290,8 @@ def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
             is_validation(row.id, 0.1)
             out.write(json.dumps(example, ensure_ascii=False) + "\n")
             kept += 1
-    queue.put({"seconds": time.perf_counter() - started, "rss_mb": _rss_mb(), "rows": kept, "round_trips": 1})
+    queue.put({"seconds": time.perf_counter() - started, "rss_mb": memory.stop_mb(), "rows": kept,
+               "round_trips": round_trips(counts)})  # fmt: skip
 
 
 def measure(target, url: str, start: datetime, end: datetime) -> dict:
@@ -258,6 +330,7 @@ def main() -> None:
         floor = measure(run_floor, url, start, end)
         ours = measure(run_ours, url, start, end)
         naive = measure(run_naive, url, start, end) if (name == "1M" or args.naive_all) else None
+        ours["round_trips"] = measure(count_round_trips, url, start, end)["total"]
         for path, figures in (("floor", floor), ("ours", ours), ("naive", naive)):
             if figures is None:
                 continue

@@ -32,19 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ftp_assets.domain.chat_format import format_error
 from ftp_assets.domain.cleaning import clean_fields, dedup_key
 from ftp_assets.domain.dataset import (
     SplitFile,
     TokenStats,
-    build_example,
     count_tokens,
     dataset_hash,
-    is_token_sample,
-    is_validation,
-    serialize,
+    serialize_column,
+    split_and_sample,
     system_message,
 )
 from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window
@@ -281,7 +279,8 @@ class _Part:
 
 def _build_part(engaged_path: str, row_groups: list[int], task: str, options: DatasetOptions, sample_share: float,
                 training_path: Path, validation_path: Path) -> _Part:  # fmt: skip
-    """Write the JSONL lines of some row groups (runs in a worker, or inline)."""
+    """Write the JSONL lines of some row groups (runs in a worker, or inline). Lines are built a
+    column at a time in C++ (``serialize_column``); Python touches only the rows it must count."""
     training, validation = SplitFile(training_path), SplitFile(validation_path)
     tokens = TokenStats()
     dropped: Counter[str] = Counter({"over_token_limit": 0})
@@ -290,32 +289,39 @@ def _build_part(engaged_path: str, row_groups: list[int], task: str, options: Da
     columns = ["id", "persona_id", "original_input", "hook", "body"]
     for batch in pq.ParquetFile(engaged_path).iter_batches(batch_size=BATCH_ROWS, row_groups=row_groups,
                                                            columns=columns):  # fmt: skip
-        for post_id, persona_id, original_input, hook, body in zip(*batch.to_pydict().values()):
-            system = systems.get(persona_id)
-            if system is None:
-                system = systems[persona_id] = system_message(persona_id, task, options.system_templates)
-            example = build_example(task, system, original_input, hook, body)
-            error = format_error(example)
-            if error:
-                dropped[f"invalid_format:{error}"] += 1
-                continue
-            line = serialize(example)
-            exact_tokens = None
-            if len(line) > options.max_tokens_per_example:  # the byte bound; see domain.dataset
-                exact_tokens = count_tokens(example["messages"])
-                if exact_tokens > options.max_tokens_per_example:
-                    dropped["over_token_limit"] += 1
-                    continue
-            if is_validation(post_id, options.validation_share):
-                validation.write(line)
-                continue
-            training.write(line)
-            tokens.add_bytes(len(line))
-            if sample_share >= 1.0 or is_token_sample(post_id, sample_share):
-                tokens.add_sample(len(line), exact_tokens or count_tokens(example["messages"]))
+        ids, personas, inputs, hooks, bodies = batch.columns
+        for persona in pc.unique(personas).to_pylist():
+            if persona not in systems:
+                systems[persona] = system_message(persona, task, options.system_templates)
+        system_json = {persona: json.dumps(text, ensure_ascii=False) for persona, text in systems.items()}
+        line_array = serialize_column(task, pa.array([system_json[p] for p in personas.to_pylist()]),
+                                      inputs, hooks, bodies)  # fmt: skip
+        # The cookbook's rules hold by construction (three messages, fixed roles and keys) but for
+        # empty content, which is checked here: such a line is dropped, never written.
+        texts = [inputs, hooks] + ([bodies] if task == "body" else [])
+        has_content = np.logical_and.reduce([pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(t)), 0),
+                                                          False).to_numpy(zero_copy_only=False) for t in texts])  # fmt: skip
+        if not all(text.strip() for text in systems.values()):
+            has_content[:] = False
+        dropped["invalid_format:missing_content"] += int((~has_content).sum())
+        lines = line_array.to_pylist()
+        validation_rows, sample_rows = split_and_sample(ids.to_pylist(), options.validation_share, sample_share)
+        sizes = pc.binary_length(line_array).to_numpy(zero_copy_only=False)
+        keep = has_content.copy()
+        for row in np.flatnonzero(keep & (sizes > options.max_tokens_per_example)):  # the byte bound
+            if count_tokens(json.loads(lines[row])["messages"]) > options.max_tokens_per_example:
+                keep[row] = False
+                dropped["over_token_limit"] += 1
+        validation.write_lines([line for line, k, v in zip(lines, keep, validation_rows) if k and v])
+        chosen = keep & ~validation_rows
+        training.write_lines([line for line, k in zip(lines, chosen) if k])
+        tokens.add_many(sizes[chosen])
+        for row in np.flatnonzero(chosen & (sample_rows | (sample_share >= 1.0))):
+            messages = json.loads(lines[row])["messages"]
+            tokens.add_sample(len(lines[row].encode()), count_tokens(messages))
             if len(preview) < PREVIEW_ROWS:
-                preview.append({"post_id": post_id, "user": example["messages"][1]["content"],
-                                "assistant": example["messages"][2]["content"]})  # fmt: skip
+                preview.append({"post_id": ids[row].as_py(), "user": messages[1]["content"],
+                                "assistant": messages[2]["content"]})  # fmt: skip
     return _Part(training.path, validation.path, training.lines, validation.lines, training.close(),
                  validation.close(), tokens, dropped, preview)  # fmt: skip
 

@@ -62,13 +62,6 @@ def left_out(first_id: int, created_at: datetime) -> list[dict]:
             for n, (i, e) in enumerate(counts)]  # fmt: skip
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def posts_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'posts.sqlite3'}"
-    return request.getfixturevalue("pg_posts_url")
-
-
 @pytest.fixture
 def posts(pg_posts_url) -> PostsDatabase:
     db = PostsDatabase(pg_posts_url)

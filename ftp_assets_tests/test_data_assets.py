@@ -16,13 +16,6 @@ ASSETS = [data.engaged_posts, data.training_jsonl, data.enough_examples, data.va
 RUN_CONFIG = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoformat()}}}}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def posts_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'posts.sqlite3'}"
-    return request.getfixturevalue("pg_posts_url")
-
-
 def load(url, rows):
     db = PostsDatabase(url)
     db.init_schema()

@@ -10,7 +10,12 @@ about 35 s per million examples here, so by default it is done only where it dec
   ``len(line_bytes)`` bounds the example's tokens; only lines over the limit by that bound are
   counted exactly;
 * the cost uses a ratio estimate from an exact count on a deterministic sample of examples,
-  with its standard error; small datasets (``exact_below`` examples) are counted exactly.
+  with its standard error; small datasets (``count_all_tokens_below`` examples) are counted
+  exactly.
+
+A line is ``serialize(build_example(...))``: compact JSON, UTF-8 as is. ``serialize_column``
+writes the same bytes for whole columns at once (the data path uses it; a property test holds
+the two together).
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ftp_assets.domain.chat_format import format_error
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 
 TASKS = ("hook", "body")
 DEFAULT_SYSTEM_TEMPLATE = (
@@ -87,17 +95,54 @@ def serialize(example: dict) -> bytes:
     return _ENCODER.encode(example).encode()
 
 
+def stable_hash(key: str) -> int:
+    """64 bits fixed by the key on every machine and run (BLAKE2b)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
 def stable_fraction(key: str) -> float:
-    """A number in [0, 1) fixed by the key on every machine and run (BLAKE2b, 64 bits)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
+    """A number in [0, 1) fixed by the key."""
+    return stable_hash(key) / 2**64
 
 
 def is_validation(post_id: int, validation_share: float) -> bool:
     return stable_fraction(f"split:{post_id}") < validation_share
 
 
-def is_token_sample(post_id: int, sample_share: float) -> bool:
-    return stable_fraction(f"tokens:{post_id}") < sample_share
+def split_and_sample(post_ids, validation_share: float, sample_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per post: in the validation split (:func:`is_validation`), and in the token-count sample.
+    One hash serves both: the split reads its top bits, the sample its low 16 bits."""
+    hashes = np.fromiter((stable_hash(f"split:{post_id}") for post_id in post_ids), dtype=np.uint64,
+                         count=len(post_ids))  # fmt: skip
+    validation = hashes / 2**64 < validation_share
+    sample = (hashes & np.uint64(0xFFFF)) < sample_share * 65536
+    return validation, sample
+
+
+_LINE_PARTS = ('{"messages":[{"role":"system","content":', '},{"role":"user","content":"',
+               '"},{"role":"assistant","content":"', '"}]}')  # fmt: skip
+
+
+def json_string_content(texts: pa.Array) -> pa.Array:
+    """Each text as the inside of a JSON string, exactly as ``json.dumps(ensure_ascii=False)``
+    writes it, for cleaned texts: their only control characters are tab and newline."""
+    for raw, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t")):
+        texts = pc.replace_substring(texts, raw, escaped)
+    return texts
+
+
+def serialize_column(task: str, systems: pa.Array, original_inputs: pa.Array, hooks: pa.Array,
+                     bodies: pa.Array) -> pa.Array:  # fmt: skip
+    """The lines of :func:`serialize` (``build_example``) for whole columns at once, in C++.
+    ``systems`` holds each row's system message already as a JSON string (quotes included)."""
+    user = json_string_content(original_inputs)
+    if task == "body":
+        user = pc.binary_join_element_wise(user, "\\n\\nHook: ", json_string_content(hooks), "")
+        assistant = json_string_content(bodies)
+    else:
+        assistant = json_string_content(hooks)
+    first, second, third, last = _LINE_PARTS
+    return pc.binary_join_element_wise(first, systems, second, user, third, assistant, last, "")
 
 
 def dataset_hash(training_sha256: bytes, validation_sha256: bytes | None) -> str:
@@ -137,6 +182,10 @@ class TokenStats:
     def add_bytes(self, size: int) -> None:
         self.examples += 1
         self.content_bytes += size
+
+    def add_many(self, sizes: np.ndarray) -> None:
+        self.examples += len(sizes)
+        self.content_bytes += int(sizes.sum())
 
     def add_sample(self, size: int, tokens: int) -> None:
         self.sampled_examples += 1
@@ -179,11 +228,13 @@ class SplitFile:
     def __post_init__(self):
         self._handle = open(self.path, "wb", buffering=1 << 20)
 
-    def write(self, line: bytes) -> None:
-        line += b"\n"
-        self._handle.write(line)
-        self._sha256.update(line)
-        self.lines += 1
+    def write_lines(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        block = ("\n".join(lines) + "\n").encode()
+        self._handle.write(block)
+        self._sha256.update(block)
+        self.lines += len(lines)
 
     def close(self) -> bytes:
         self._handle.close()
