@@ -69,6 +69,11 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
     assert version.tags["provider_model_id"] == model.model_id and version.tags["job_id"] == model.job_id
     materialization = trained.asset_materializations_for_node("fine_tuned_model")[0]
     assert materialization.metadata["job_id"].value == model.job_id
+    # The provider's key reaches no event, log line, metadata value or MLflow parameter.
+    key = local_openai.api_key
+    assert all(key not in str(event) for event in trained.all_events)
+    assert all(key not in entry.user_message for entry in instance.all_logs(trained.run_id))
+    assert key not in str(run.data.params) and key not in str(run.data.tags)
 
     store = ExperimentStore(db.engine)
     running = store.running("hook")

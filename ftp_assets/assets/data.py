@@ -41,6 +41,11 @@ class EngagedPostsConfig(Config):
     engagement_threshold: float = Field(default=0.06, description="Minimum engagements / impressions.")
     min_impressions: int = Field(default=100, description="Posts with fewer impressions are left out.")
     max_text_chars: int = Field(default=2_000, description="Longer texts are rejected as over-long.")
+    workers: int | None = Field(
+        default=None,
+        description="Processes that clean the window: default one per core (up to 4) for windows over "
+        "50,000 candidate posts. Each needs about 300 MB; 1 keeps the whole path in one process.",
+    )
 
 
 def parse_instant(value: str) -> datetime:
@@ -92,7 +97,8 @@ def engaged_posts(
         raise Failure(str(error)) from None
     folder = dataset_storage.folder(task, context.run.run_id)
     result = collect_engaged_posts(
-        db, task, window, rule, folder / "engaged_posts.parquet", max_text_chars=config.max_text_chars
+        db, task, window, rule, folder / "engaged_posts.parquet", max_text_chars=config.max_text_chars,
+        workers=config.workers,
     )
     if result.rows == 0:
         raise Failure(
@@ -132,6 +138,7 @@ class TrainingJsonlConfig(Config):
     min_validation_examples: int = Field(default=10, description="Fewer go into training instead.")
     n_epochs: int = Field(default=3, description="Epochs assumed for the billed-token estimate.")
     usd_per_million_training_tokens: float = Field(default=3.00, description="Provider's training price.")
+    workers: int | None = Field(default=None, description="As for engaged_posts.")
 
 
 @asset(
@@ -157,7 +164,8 @@ def training_jsonl(
         n_epochs=config.n_epochs,
         usd_per_million_training_tokens=config.usd_per_million_training_tokens,
     )
-    dataset = build_training_files(engaged_posts, dataset_storage.folder(context.partition_key, context.run.run_id), options)
+    folder = dataset_storage.folder(context.partition_key, context.run.run_id)
+    dataset = build_training_files(engaged_posts, folder, options, workers=config.workers)
     token_note = (
         "exact"
         if dataset.tokens_exact
