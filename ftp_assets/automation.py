@@ -9,7 +9,7 @@
   or that training finished less than ``FTP_MIN_TRAINING_INTERVAL_HOURS`` (24) ago. One crossing
   yields one run. It checks every ``FTP_TRAINING_SENSOR_INTERVAL_SECONDS`` (300).
 * ``experiment_evaluation_sensor``: evaluates a task's running experiment when new matured
-  outcome data has arrived, checking every ``FTP_EXPERIMENT_SENSOR_INTERVAL_SECONDS`` (3600: each
+  outcome data has arrived, and once more after its maximum duration, checking every ``FTP_EXPERIMENT_SENSOR_INTERVAL_SECONDS`` (3600: each
   evaluation is a run, hourly looks are plenty for an experiment of at most a week, and the
   always-valid interval stays valid however many there are).
 
