@@ -73,7 +73,7 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 def cmd_ui(args: argparse.Namespace) -> None:
     from ftp_assets.ui import serve_uis
 
-    serve_uis(dagster_port=args.dagster_port, mlflow_port=args.mlflow_port)
+    serve_uis(dagster_port=args.dagster_port, mlflow_port=args.mlflow_port, openai_port=args.openai_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="serve the Dagster UI (with its daemon) and the MLflow UI over FTP_HOME")
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.add_argument("--openai-port", type=int, default=LOCAL_OPENAI_PORT, help="of the local service")
     ui.set_defaults(func=cmd_ui)
     return parser
 

@@ -25,7 +25,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def serve_uis(*, dagster_port: int, mlflow_port: int) -> None:
+def serve_uis(*, dagster_port: int, mlflow_port: int, openai_port: int = LOCAL_OPENAI_PORT) -> None:
     # Stop cleanly on Ctrl-C and on SIGTERM, even when started with SIGINT ignored (in the background).
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -35,7 +35,7 @@ def serve_uis(*, dagster_port: int, mlflow_port: int) -> None:
                    local_tracking_uri(home_path("mlflow")), "--port", str(mlflow_port), "--workers", "1"],
     }  # fmt: skip
     if not os.environ.get("OPENAI_API_KEY"):
-        commands["local OpenAI"] = [_bin("ftp"), "local-openai", "--port", str(LOCAL_OPENAI_PORT)]
+        commands["local OpenAI"] = [_bin("ftp"), "local-openai", "--port", str(openai_port)]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     # Each child in its own session: Ctrl-C reaches this process only, which then stops them in
     # order, so none is left running (dagster dev ignores a SIGINT it inherits as ignored).
