@@ -62,7 +62,9 @@ defs = Definitions(
     sensors=[*automation.data_threshold_sensors(), automation.experiment_evaluation_sensor()],
     resources={
         "posts_db": PostsDatabaseResource(
-            url=_env_or("FTP_POSTS_DB_URL", default_posts_db_url()), table=os.environ.get("FTP_POSTS_TABLE", "posts")
+            # The embedded default (which creates FTP_HOME) only when no URL is configured.
+            url=EnvVar("FTP_POSTS_DB_URL") if os.environ.get("FTP_POSTS_DB_URL") else default_posts_db_url(),
+            table=os.environ.get("FTP_POSTS_TABLE", "posts"),
         ),
         "dataset_storage": DatasetStorage(root=_env_or("FTP_DATASETS_DIR", "")),
         "openai": openai_resource(),

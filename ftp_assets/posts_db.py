@@ -75,11 +75,12 @@ def table_ddl(table: sa.Table, engine: Engine) -> str:
 
 
 def redacted(url: str | sa.URL) -> str:
-    """The URL with its password hidden, for messages and metadata."""
+    """The URL (a database's, MLflow's) with its password hidden, for messages and metadata."""
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return "<unparsable URL>"
+        # Not URL-shaped (e.g. MLflow's "databricks"): without "@" it holds no credentials.
+        return "<unparsable URL>" if "@" in str(url) else str(url)
 
 
 def create_posts_engine(url: str) -> Engine:

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from ftp_assets.home import ftp_home, home_path
-from ftp_assets.posts_db import PostsDatabase
+from ftp_assets.posts_db import PostsDatabase, redacted
+
+if TYPE_CHECKING:
+    from ftp_assets.experiments_db import ExperimentStore
 
 
 def default_posts_db_url() -> str:
@@ -26,9 +29,11 @@ class PostsDatabaseResource(ConfigurableResource):
     table: str = "posts"
 
     _db: PostsDatabase | None = PrivateAttr(default=None)
+    _experiments: "ExperimentStore | None" = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._db = None
+        self._experiments = None
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._db is not None:
@@ -40,13 +45,14 @@ class PostsDatabaseResource(ConfigurableResource):
             self._db.check_table()
         return self._db
 
-    def experiments(self):
-        """Our experiments table beside the posts, created if missing."""
-        from ftp_assets.experiments_db import ExperimentStore
+    def experiments(self) -> "ExperimentStore":
+        """Our experiments table beside the posts, created if missing (checked once)."""
+        if self._experiments is None:
+            from ftp_assets.experiments_db import ExperimentStore
 
-        store = ExperimentStore(self.open().engine)
-        store.init_schema()
-        return store
+            self._experiments = ExperimentStore(self.open().engine)
+            self._experiments.init_schema()
+        return self._experiments
 
 
 class DatasetStorage(ConfigurableResource):
@@ -120,15 +126,7 @@ class MlflowResource(ConfigurableResource):
             yield
         except MlflowException as error:
             uri = self.resolved_uri()
-            raise Failure(f"MLflow at {redact_url(uri)} failed: {str(error).replace(uri, redact_url(uri))}") from None
-
-
-def redact_url(url: str) -> str:
-    """The URL without the user and password part."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+            raise Failure(f"MLflow at {redacted(uri)} failed: {str(error).replace(uri, redacted(uri))}") from None
 
 
 class ExperimentSettings(ConfigurableResource):

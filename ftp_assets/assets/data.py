@@ -156,14 +156,7 @@ def training_jsonl(
 ) -> Output[TrainingDataset]:
     if not 0 <= config.validation_share < 1:
         raise Failure(f"validation_share must be in [0, 1), got {config.validation_share}.")
-    options = DatasetOptions(
-        system_templates=config.system_templates,
-        max_tokens_per_example=config.max_tokens_per_example,
-        validation_share=config.validation_share,
-        min_validation_examples=config.min_validation_examples,
-        n_epochs=config.n_epochs,
-        usd_per_million_training_tokens=config.usd_per_million_training_tokens,
-    )
+    options = DatasetOptions(**config.model_dump(exclude={"workers"}))
     folder = dataset_storage.folder(context.partition_key, context.run.run_id)
     dataset = build_training_files(engaged_posts, folder, options, workers=config.workers)
     token_note = (

@@ -13,6 +13,7 @@ from dagster_openai import OpenAIResource
 from ftp_assets.data_path import TrainingDataset
 from ftp_assets.mlflow_registry import DECISION_TAG, champion, log_fine_tune_run, register_challenger
 from ftp_assets.partitions import task_partitions
+from ftp_assets.posts_db import redacted
 from ftp_assets.providers.base import FineTuneRequest, FineTuningError
 from ftp_assets.providers.openai_provider import OpenAIFineTuningProvider
 from ftp_assets.providers.runner import run_fine_tune
@@ -21,7 +22,6 @@ from ftp_assets.resources import (
     FineTuningSettings,
     MlflowResource,
     PostsDatabaseResource,
-    redact_url,
 )
 
 TRAINING_SAMPLE_LINES = 20
@@ -118,14 +118,13 @@ def fine_tuned_model(
         )  # fmt: skip
         current = champion(client, task)
     champion_model = current.tags["provider_model_id"] if current else experiment_settings.agent_model(task)
-    store = posts_db.experiments()
     if DECISION_TAG in version.tags or champion_model == result.model_id:
         # A re-run on a dataset whose model was already judged: the decision stands, no second test.
         experiment = None
         context.log.info(f"{result.model_id} already has the decision '{version.tags.get(DECISION_TAG, 'promoted')}'"
                          "; no new experiment is started.")  # fmt: skip
     else:
-        experiment = store.start(
+        experiment = posts_db.experiments().start(
             task=task, champion_model=champion_model, challenger_model=result.model_id,
             challenger_share=experiment_settings.challenger_share, started_at=datetime.now(timezone.utc),
             registry_version=str(version.version),
@@ -147,7 +146,7 @@ def fine_tuned_model(
             "| step | train loss |\n|---|---|\n" + "\n".join(f"| {s} | {l:.4f} |" for s, l in losses)
         ),
         "mlflow_run_id": run_id,
-        "mlflow_tracking_uri": redact_url(mlflow.resolved_uri()),
+        "mlflow_tracking_uri": redacted(mlflow.resolved_uri()),
         "registry_version": str(version.version),
         "experiment_id": experiment.experiment_id if experiment else "none: the model was already judged",
         "champion_model": champion_model,
