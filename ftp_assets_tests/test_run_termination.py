@@ -72,5 +72,5 @@ def test_interrupting_the_run_cancels_the_fine_tuning_job(tmp_path, monkeypatch)
         (record,) = instance.get_run_records()
         assert record.dagster_run.status == DagsterRunStatus.FAILURE
         messages = [entry.user_message for entry in instance.all_logs(record.dagster_run.run_id)]
-    assert any(job.id in message and "cancel" in message.lower() for message in messages), messages[-10:]
+    assert any(job.id in message and "cancel" in message.lower() for message in messages), "\n".join(messages[-12:])
     assert not any(service.api_key in message for message in messages)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from ftp_assets.providers.base import (
     CANCELLED,
@@ -135,15 +138,36 @@ def _poll_until_done(
 
 def _cancel_after_interruption(provider: FineTuningProvider, job_id: str, log: Log) -> None:
     """Cancels the job of an interrupted run, or says why not, without hiding the interruption."""
+    with _further_interruptions_ignored():
+        try:
+            job = provider.cancel(job_id)
+        except Exception as error:
+            log(
+                f"Run interrupted, but fine-tuning job {job_id} could not be cancelled ({error}); "
+                "cancel it by hand."
+            )
+        else:
+            log(f"Run interrupted: cancelled fine-tuning job {job_id} (status {job.status}).")
+
+
+@contextmanager
+def _further_interruptions_ignored() -> Iterator[None]:
+    """The run is already being interrupted; a second SIGINT or SIGTERM (Dagster forwards the
+    signal the process group already got) must not cut the cancellation or its log line short.
+    Python runs signal handlers in the main thread only, so only there can they be held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number, handler in previous.items():
+        if handler is not None:  # None: a handler not installed from Python, left alone
+            signal.signal(number, signal.SIG_IGN)
     try:
-        job = provider.cancel(job_id)
-    except Exception as error:
-        log(
-            f"Run interrupted, but fine-tuning job {job_id} could not be cancelled ({error}); "
-            "cancel it by hand."
-        )
-    else:
-        log(f"Run interrupted: cancelled fine-tuning job {job_id} (status {job.status}).")
+        yield
+    finally:
+        for number, handler in previous.items():
+            if handler is not None:
+                signal.signal(number, handler)
 
 
 def _event_line(job_id: str, event: JobEvent) -> str:
