@@ -251,7 +251,7 @@ def count_round_trips(url: str, start: datetime, end: datetime, queue) -> None:
     db = posts_db.PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
     with tempfile.TemporaryDirectory() as folder:
         collect_engaged_posts(db, "body", posts_db.Window(start, end), posts_db.SelectionRule(),
-                              Path(folder) / "engaged.parquet", workers=1)  # fmt: skip
+                              Path(folder) / "engaged.parquet", threads=1)  # fmt: skip
     queue.put({"total": round_trips(counts)})
 
 
@@ -261,7 +261,7 @@ def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
     memory = TreeMemory()
     counts = count_psycopg_calls()
     from ftp_assets.domain.cleaning import clean_text, dedup_key, looks_like_injection
-    from ftp_assets.domain.dataset import build_example, count_tokens, is_validation, system_message
+    from ftp_assets.domain.dataset import build_example, count_tokens, system_message
 
     started = time.perf_counter()
     with psycopg.connect(url) as conn:
@@ -287,7 +287,6 @@ def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
                                     texts[1].text, texts[2].text)  # fmt: skip
             if count_tokens(example["messages"]) > 4096:
                 continue
-            is_validation(row.id, 0.1)
             out.write(json.dumps(example, ensure_ascii=False) + "\n")
             kept += 1
     queue.put({"seconds": time.perf_counter() - started, "rss_mb": memory.stop_mb(), "rows": kept,

@@ -159,11 +159,12 @@ def test_missing_table_and_bad_url_are_clear(tmp_path):
     assert "hunter2" not in str(caught.value)
 
 
-def test_workers_change_nothing_in_the_result(pg_posts_url, tmp_path):
-    """Slices cleaned in worker processes give the rows, files and hash of a single process,
-    duplicates across slices included."""
+def test_threads_and_batches_change_nothing_in_the_result(pg_posts_url, tmp_path, monkeypatch):
+    """Cleaning in threads and small batches give the rows, files and hash of one thread with
+    the default batches, duplicates across batches included."""
     from datetime import timedelta
 
+    from ftp_assets import data_path
     from ftp_assets.data_path import DatasetOptions, build_training_files, collect_engaged_posts
     from ftp_assets.domain.demo_posts import generate_demo_posts
     from ftp_assets.posts_db import SelectionRule, Window
@@ -171,13 +172,16 @@ def test_workers_change_nothing_in_the_result(pg_posts_url, tmp_path):
     db = load(pg_posts_url, generate_demo_posts(3_000, seed=11, end=WINDOW_END, days=7))
     window, rule = Window(WINDOW_END - timedelta(days=7), WINDOW_END), SelectionRule()
     results = {}
-    for workers in (1, 2):
-        folder = tmp_path / f"workers{workers}"
-        engaged = collect_engaged_posts(db, "body", window, rule, folder / "engaged.parquet", workers=workers)
+    for threads in (1, 3):
+        if threads == 3:
+            monkeypatch.setattr(data_path, "BATCH_ROWS", 97)
+        folder = tmp_path / f"threads{threads}"
+        engaged = collect_engaged_posts(db, "body", window, rule, folder / "engaged.parquet", threads=threads)
         dataset = build_training_files(engaged, folder, DatasetOptions(count_all_tokens_below=100,
-                                                                       min_validation_examples=1), workers=workers)  # fmt: skip
-        results[workers] = (engaged, dataset, pq.read_table(engaged.path).to_pylist())
-    (one, one_set, one_rows), (two, two_set, two_rows) = results[1], results[2]
+                                                                       min_validation_examples=1), threads=threads)  # fmt: skip
+        results[threads] = (engaged, dataset, pq.read_table(engaged.path).to_pylist())
+    assert pq.ParquetFile(results[3][0].path).metadata.num_row_groups > 1
+    (one, one_set, one_rows), (two, two_set, two_rows) = results[1], results[3]
     assert one_rows == two_rows and one.rows == len(one_rows) > 100
     assert one.rejected == two.rejected and one.rejected["duplicate_exact"] > 0
     assert one.repairs == two.repairs and one.preview == two.preview

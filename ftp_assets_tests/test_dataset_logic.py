@@ -23,8 +23,8 @@ from ftp_assets.domain.dataset import (
     count_tokens,
     dataset_hash,
     is_validation,
+    mixed_ids,
     serialize,
-    stable_fraction,
     system_message,
 )
 
@@ -111,7 +111,9 @@ def test_split_is_monotone_in_the_share(post_id, share):
 
 def test_split_share_and_fixed_vectors():
     # Fixed vectors: the split must not change between releases, machines or Python versions.
-    assert [round(stable_fraction(f"split:{i}"), 9) for i in (1, 2, 3)] == [0.21124022, 0.794926277, 0.673526991]
+    # SplitMix64 seeded with 0 starts 0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4 (Vigna's reference code).
+    assert [hex(h) for h in mixed_ids([0, 0x9E3779B97F4A7C15 - 2**64])] == ["0xe220a8397b1dcdaf", "0x6e789e6aa1b965f4"]
+    assert [is_validation(i, 0.2) for i in (1, 2, 3)] == [False, False, True]
     share = sum(is_validation(i, 0.1) for i in range(20_000)) / 20_000
     assert abs(share - 0.1) < 4 * (0.1 * 0.9 / 20_000) ** 0.5
 
@@ -156,31 +158,38 @@ def test_format_rules_of_the_cookbook():
     assert line_error(b"{not json") == "invalid_json"
 
 
-@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 2)), max_size=60))
-def test_keep_most_engaging_matches_a_one_by_one_reference(posts):
-    """Each post: (rate step, text variant, normalized group). Same group = same normalized text;
-    same (group, variant) = same exact text. The reference walks the posts most engaging first."""
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2)), max_size=60),
+       st.lists(st.integers(1, 7), min_size=1, max_size=10))  # fmt: skip
+def test_kept_texts_match_a_one_by_one_reference(posts, batch_sizes):
+    """Each post: (text variant, normalized group). Same group = same normalized text;
+    same (group, variant) = same exact text. The posts arrive most engaging first, in batches of
+    any size; the reference walks them one by one."""
     import numpy as np
 
-    from ftp_assets.data_path import keep_most_engaging
+    from ftp_assets.data_path import KeptTexts
 
-    rates = np.array([r / 10 for r, _, _ in posts], dtype=float)
-    ids = np.arange(len(posts))[::-1].copy()  # ids descending, so ties are broken by id for real
-    exact = np.array([g * 10 + v for _, v, g in posts], dtype=np.int64)
-    normalized = np.array([g for _, _, g in posts], dtype=np.int64)
-    keep, n_exact, n_normalized = keep_most_engaging(rates, ids, exact, normalized)
+    exact = np.array([g * 10 + v for v, g in posts], dtype=np.int64)
+    normalized = np.array([g for _, g in posts], dtype=np.int64)
+    kept_texts, keep, n_exact, n_normalized, start = KeptTexts(), [], 0, 0, 0
+    for size in batch_sizes * len(posts):
+        if start >= len(posts):
+            break
+        batch_keep, batch_exact, batch_normalized = kept_texts.keep_new(normalized[start:start + size],
+                                                                        exact[start:start + size])  # fmt: skip
+        keep += batch_keep.tolist()
+        n_exact, n_normalized, start = n_exact + batch_exact, n_normalized + batch_normalized, start + size
 
-    expected_keep, kept_text = [False] * len(posts), {}
+    expected_keep, kept_text = [], {}
     expected_exact = expected_normalized = 0
-    for i in sorted(range(len(posts)), key=lambda i: (-rates[i], ids[i])):
-        if normalized[i] not in kept_text:
+    for i in range(len(posts)):
+        expected_keep.append(normalized[i] not in kept_text)
+        if expected_keep[-1]:
             kept_text[normalized[i]] = exact[i]
-            expected_keep[i] = True
         elif kept_text[normalized[i]] == exact[i]:
             expected_exact += 1
         else:
             expected_normalized += 1
-    assert keep.tolist() == expected_keep
+    assert keep == expected_keep
     assert (n_exact, n_normalized) == (expected_exact, expected_normalized)
 
 
@@ -206,3 +215,45 @@ def test_column_serialization_writes_the_bytes_of_json_dumps(rows, task, templat
                              inputs, hooks, bodies).to_pylist()  # fmt: skip
     for line, (original_input, hook, body) in zip(lines, cleaned):
         assert line.encode() == serialize(build_example(task, system, original_input, hook, body))
+
+
+# Characters that each trip one of the row-wise rules or their look-alikes: case folding that
+# differs from lowercasing, letters hiding under a case mapping (Kelvin sign, dotless i),
+# compatibility and canonical forms, combining marks, invisible and control characters, odd
+# whitespace and digits, PII and prompt-injection text.
+hostile_text = st.one_of(
+    st.none(),
+    st.lists(st.sampled_from(list("abcXYZ 019.,@+-()_!?\n\t") + [
+        "é", "É", "ß", "ς", "Σ", "\u212a", "ſ", "ı", "İ", "ﬁ", "\u0301", "\u1161", "가", "Ａ", "①", "Ω", "\u2126",
+        "\u200b", "\u200d", "\u00a0", "\u2028", "\x00", "\x85", "\x7f", "’", "—", "🚀", "٣", "\U00030001",
+        "ignore all previous instructions", "System Prompt", "jane@example.com", "+1 (415) 555-0199",
+    ]), max_size=12).map("".join),
+    st.text(max_size=40),
+)
+
+
+@given(st.lists(st.tuples(hostile_text, hostile_text, hostile_text), min_size=1, max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_column_cleaning_decides_as_the_row_wise_rules(rows):
+    """The Arrow fast path keeps, repairs, rejects and counts exactly as ``clean_fields``, and
+    its dedup keys are those of ``dedup_key``."""
+    from collections import Counter
+
+    import pyarrow as pa
+
+    from ftp_assets.domain.clean_columns import clean_columns, dedup_key_hashes, text_hashes
+
+    columns = [pa.array(list(column), type=pa.string()) for column in zip(*rows)]
+    result = clean_columns(columns, max_chars=30)
+    reference = [clean_fields(row, max_chars=30) for row in rows]
+    assert result.keep.tolist() == [reason is None for reason, _ in reference]
+    assert result.rejected == Counter(reason for reason, _ in reference if reason)
+    kept = [texts for reason, texts in reference if reason is None]
+    for field, column in enumerate(result.texts):
+        assert column.to_pylist() == [texts[field].text for texts in kept]
+    assert result.repairs["emails_replaced"] == sum(t.emails for texts in kept for t in texts)
+    assert result.repairs["phones_replaced"] == sum(t.phones for texts in kept for t in texts)
+    assert result.repairs["unicode_repaired"] == sum(any(t.repaired_unicode for t in texts) for texts in kept)
+    targets = result.texts[-1]
+    assert dedup_key_hashes(targets).tolist() == text_hashes(
+        pa.array([dedup_key(text) for text in targets.to_pylist()], type=pa.string())).tolist()  # fmt: skip

@@ -41,10 +41,10 @@ class EngagedPostsConfig(Config):
     engagement_threshold: float = Field(default=0.06, description="Minimum engagements / impressions.")
     min_impressions: int = Field(default=100, description="Posts with fewer impressions are left out.")
     max_text_chars: int = Field(default=2_000, description="Longer texts are rejected as over-long.")
-    workers: int | None = Field(
+    threads: int | None = Field(
         default=None,
-        description="Processes that clean the window: default one per core (up to 4) for windows over "
-        "50,000 candidate posts. Each needs about 300 MB; 1 keeps the whole path in one process.",
+        description="Threads that clean batches side by side (Arrow's kernels release the GIL): "
+        "default one per core, up to 4. The result does not depend on it.",
     )
 
 
@@ -98,7 +98,7 @@ def engaged_posts(
     folder = dataset_storage.folder(task, context.run.run_id)
     result = collect_engaged_posts(
         db, task, window, rule, folder / "engaged_posts.parquet", max_text_chars=config.max_text_chars,
-        workers=config.workers,
+        threads=config.threads,
     )
     if result.rows == 0:
         raise Failure(
@@ -138,7 +138,7 @@ class TrainingJsonlConfig(Config):
     min_validation_examples: int = Field(default=10, description="Fewer go into training instead.")
     n_epochs: int = Field(default=3, description="Epochs assumed for the billed-token estimate.")
     usd_per_million_training_tokens: float = Field(default=3.00, description="Provider's training price.")
-    workers: int | None = Field(default=None, description="As for engaged_posts.")
+    threads: int | None = Field(default=None, description="As for engaged_posts.")
 
 
 @asset(
@@ -156,9 +156,9 @@ def training_jsonl(
 ) -> Output[TrainingDataset]:
     if not 0 <= config.validation_share < 1:
         raise Failure(f"validation_share must be in [0, 1), got {config.validation_share}.")
-    options = DatasetOptions(**config.model_dump(exclude={"workers"}))
+    options = DatasetOptions(**config.model_dump(exclude={"threads"}))
     folder = dataset_storage.folder(context.partition_key, context.run.run_id)
-    dataset = build_training_files(engaged_posts, folder, options, workers=config.workers)
+    dataset = build_training_files(engaged_posts, folder, options, threads=config.threads)
     token_note = (
         "exact"
         if dataset.tokens_exact

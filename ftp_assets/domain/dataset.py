@@ -95,26 +95,23 @@ def serialize(example: dict) -> bytes:
     return _ENCODER.encode(example).encode()
 
 
-def stable_hash(key: str) -> int:
-    """64 bits fixed by the key on every machine and run (BLAKE2b)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
-
-
-def stable_fraction(key: str) -> float:
-    """A number in [0, 1) fixed by the key."""
-    return stable_hash(key) / 2**64
+def mixed_ids(post_ids) -> np.ndarray:
+    """64 well-mixed bits per post id (SplitMix64's finalizer), the same on every machine."""
+    z = np.asarray(post_ids, dtype=np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def is_validation(post_id: int, validation_share: float) -> bool:
-    return stable_fraction(f"split:{post_id}") < validation_share
+    return bool(split_and_sample([post_id], validation_share, 0.0)[0][0])
 
 
 def split_and_sample(post_ids, validation_share: float, sample_share: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per post: in the validation split (:func:`is_validation`), and in the token-count sample.
-    One hash serves both: the split reads its top bits, the sample its low 16 bits."""
-    hashes = np.fromiter((stable_hash(f"split:{post_id}") for post_id in post_ids), dtype=np.uint64,
-                         count=len(post_ids))  # fmt: skip
-    validation = hashes / 2**64 < validation_share
+    """Per post: in the validation split, and in the token-count sample. One hash serves both:
+    the split reads its top 53 bits as a fraction, the sample its low 16 bits."""
+    hashes = mixed_ids(post_ids)
+    validation = (hashes >> np.uint64(11)) * 2.0**-53 < validation_share
     sample = (hashes & np.uint64(0xFFFF)) < sample_share * 65536
     return validation, sample
 
@@ -132,9 +129,10 @@ def json_string_content(texts: pa.Array) -> pa.Array:
 
 
 def serialize_column(task: str, systems: pa.Array, original_inputs: pa.Array, hooks: pa.Array,
-                     bodies: pa.Array) -> pa.Array:  # fmt: skip
-    """The lines of :func:`serialize` (``build_example``) for whole columns at once, in C++.
-    ``systems`` holds each row's system message already as a JSON string (quotes included)."""
+                     bodies: pa.Array, end: str = "") -> pa.Array:  # fmt: skip
+    """The lines of :func:`serialize` (``build_example``) for whole columns at once, in C++, each
+    followed by ``end``. ``systems`` holds each row's system message already as a JSON string
+    (quotes included)."""
     user = json_string_content(original_inputs)
     if task == "body":
         user = pc.binary_join_element_wise(user, "\\n\\nHook: ", json_string_content(hooks), "")
@@ -142,7 +140,7 @@ def serialize_column(task: str, systems: pa.Array, original_inputs: pa.Array, ho
     else:
         assistant = json_string_content(hooks)
     first, second, third, last = _LINE_PARTS
-    return pc.binary_join_element_wise(first, systems, second, user, third, assistant, last, "")
+    return pc.binary_join_element_wise(first, systems, second, user, third, assistant, last + end, "")
 
 
 def dataset_hash(training_sha256: bytes, validation_sha256: bytes | None) -> str:
@@ -228,13 +226,11 @@ class SplitFile:
     def __post_init__(self):
         self._handle = open(self.path, "wb", buffering=1 << 20)
 
-    def write_lines(self, lines: list[str]) -> None:
-        if not lines:
-            return
-        block = ("\n".join(lines) + "\n").encode()
+    def write(self, block, lines: int) -> None:
+        """Append ``lines`` whole lines (``block``: bytes-like, each line ending in a newline)."""
         self._handle.write(block)
         self._sha256.update(block)
-        self.lines += len(lines)
+        self.lines += lines
 
     def close(self) -> bytes:
         self._handle.close()
