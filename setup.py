@@ -18,7 +18,9 @@ setup(
         "mlflow>=3.17,<4",
         "pandas>=2.2,<3",
         "numpy>=2.0,<3",
-        "pyarrow>=15",
+        "pyarrow>=19,<26",
+        # Arrow record batches straight from PostgreSQL's binary COPY (the posts selection).
+        "adbc-driver-postgresql>=1.5,<2",
         "scipy>=1.14,<2",
         "statsmodels>=0.14,<0.16",
         "psycopg[binary]>=3.2,<4",

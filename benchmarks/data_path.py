@@ -6,7 +6,8 @@ Loads 10 M synthetic posts with COPY into the database ``ftp_bench`` (kept betwe
 recreates it), then, for windows with about 100 k, 300 k and 1 M qualifying posts, times in
 separate processes (so peak RSS is each path's own):
 
-* floor: ``COPY (<the selection query>) TO STDOUT`` read by psycopg and discarded;
+* floor: ``COPY (<the selection query>) TO STDOUT`` read by psycopg and discarded, both with the
+  query's ORDER BY (most engaging first, what ours reads) and with the filter alone;
 * ours: ``collect_engaged_posts`` + ``build_training_files`` (the two assets' work);
 * naive (1 M window only unless --naive-all): ``pandas.read_sql`` of the window, then a Python
   loop with the same cleaning, ``json.dumps`` and an exact token count per row.
@@ -173,14 +174,16 @@ class TreeMemory:
         return max(self.peak_kb, _status_kb(os.getpid(), "VmHWM:")) / 1024
 
 
-def run_floor(url: str, start: datetime, end: datetime, queue) -> None:
+def run_floor(url: str, start: datetime, end: datetime, queue, ordered: bool = True) -> None:
     from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window
 
     memory = TreeMemory()
     db = PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
     query = db.selection_query(Window(start, end), SelectionRule())
+    if not ordered:
+        query = query.order_by(None)
     sql = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
-    counts = count_psycopg_calls()
+    counts = count_database_calls()
     started = time.perf_counter()
     rows = 0
     with psycopg.connect(url) as conn, conn.cursor() as cur:
@@ -190,6 +193,10 @@ def run_floor(url: str, start: datetime, end: datetime, queue) -> None:
                 rows += bytes(block).count(b"\n")
     queue.put({"seconds": time.perf_counter() - started, "rss_mb": memory.stop_mb(), "rows": rows,
                "round_trips": round_trips(counts)})  # fmt: skip
+
+
+def run_floor_unordered(url: str, start: datetime, end: datetime, queue) -> None:
+    run_floor(url, start, end, queue, ordered=False)
 
 
 def run_ours(url: str, start: datetime, end: datetime, queue) -> None:
@@ -212,17 +219,20 @@ def run_ours(url: str, start: datetime, end: datetime, queue) -> None:
     })  # fmt: skip
 
 
-def count_psycopg_calls() -> dict[str, int]:
-    """Counts, from now on in this process, the calls by which psycopg talks to the server:
-    connections, statements, FETCHes of a server-side cursor, and transaction ends (each
-    transaction also costs the BEGIN psycopg sends before its first statement)."""
+def count_database_calls() -> dict[str, int]:
+    """Counts, from now on in this process, the calls by which psycopg and ADBC talk to the
+    server: connections, statements, FETCHes of a server-side cursor, and transaction ends (each
+    transaction also costs the BEGIN sent before its first statement). An ADBC statement counts
+    twice: the driver prepares it to learn its columns, then runs it (a query as a binary COPY)."""
+    import adbc_driver_manager.dbapi
+    import adbc_driver_postgresql.dbapi
     import psycopg
 
     counts = {"connect": 0, "execute": 0, "fetch": 0, "transaction": 0}
 
-    def counting(kind, function):
+    def counting(kind, function, weight=1):
         def wrapper(*args, **kwargs):
-            counts[kind] += 1
+            counts[kind] += weight
             return function(*args, **kwargs)
 
         return wrapper
@@ -234,6 +244,10 @@ def count_psycopg_calls() -> dict[str, int]:
     psycopg.ServerCursor.fetchmany = counting("fetch", psycopg.ServerCursor.fetchmany)
     psycopg.Connection.rollback = counting("transaction", psycopg.Connection.rollback)
     psycopg.Connection.commit = counting("transaction", psycopg.Connection.commit)
+    adbc_driver_postgresql.dbapi.connect = counting("connect", adbc_driver_postgresql.dbapi.connect)
+    adbc_driver_manager.dbapi.Cursor.execute = counting("execute", adbc_driver_manager.dbapi.Cursor.execute, 2)
+    adbc_driver_manager.dbapi.Connection.rollback = counting("transaction", adbc_driver_manager.dbapi.Connection.rollback)
+    adbc_driver_manager.dbapi.Connection.commit = counting("transaction", adbc_driver_manager.dbapi.Connection.commit)
     return counts
 
 
@@ -242,12 +256,11 @@ def round_trips(counts: dict[str, int]) -> int:
 
 
 def count_round_trips(url: str, start: datetime, end: datetime, queue) -> None:
-    """The round trips of engaged_posts in one process (the workers send the same statements,
-    split by slice; training_jsonl does not touch the database)."""
+    """The round trips of engaged_posts (training_jsonl does not touch the database)."""
     from ftp_assets import posts_db
     from ftp_assets.data_path import collect_engaged_posts
 
-    counts = count_psycopg_calls()
+    counts = count_database_calls()
     db = posts_db.PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
     with tempfile.TemporaryDirectory() as folder:
         collect_engaged_posts(db, "body", posts_db.Window(start, end), posts_db.SelectionRule(),
@@ -259,7 +272,7 @@ def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
     import pandas as pd
 
     memory = TreeMemory()
-    counts = count_psycopg_calls()
+    counts = count_database_calls()
     from ftp_assets.domain.cleaning import clean_text, dedup_key, looks_like_injection
     from ftp_assets.domain.dataset import build_example, count_tokens, system_message
 
@@ -327,16 +340,18 @@ def main() -> None:
     print(header)
     for name, start, end in windows():
         floor = measure(run_floor, url, start, end)
+        unordered = measure(run_floor_unordered, url, start, end)
         ours = measure(run_ours, url, start, end)
         naive = measure(run_naive, url, start, end) if (name == "1M" or args.naive_all) else None
         ours["round_trips"] = measure(count_round_trips, url, start, end)["total"]
-        for path, figures in (("floor", floor), ("ours", ours), ("naive", naive)):
+        for path, figures in (("floor", floor), ("floor-", unordered), ("ours", ours), ("naive", naive)):
             if figures is None:
                 continue
             ratio = figures["seconds"] / floor["seconds"]
             speedup = f"{naive['seconds'] / ours['seconds']:.1f}x" if naive and path == "ours" else ""
             print(f"{name:>6} {path:>6} {figures['rows']:>9,} {figures['seconds']:>8.2f} {figures['rss_mb']:>8.0f} "
                   f"{figures['round_trips']:>6} {ratio:>8.1f}x {speedup:>10}", flush=True)  # fmt: skip
+        print(f"{'':>6} ours is {ours['seconds'] / unordered['seconds']:.1f}x floor- (the filter without ORDER BY)")
         print(f"{'':>6} ours: engaged_posts {ours['engaged_seconds']:.2f} s, training_jsonl {ours['jsonl_seconds']:.2f} s, "
               f"token estimate relative standard error {ours['token_rse']:.3%}", flush=True)  # fmt: skip
 

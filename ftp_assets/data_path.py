@@ -93,6 +93,31 @@ def map_in_order(function: Callable[[Item], Result], items: Iterable[Item], thre
             pa.default_memory_pool().release_unused()
 
 
+class WriterThread:
+    """Runs writes one after another, in the order given, on a thread of its own, so that the
+    output file's encoding, hashing and disk time overlap the next batches' work. At most two
+    writes wait; a failed write is raised by the next call."""
+
+    def __init__(self):
+        self._thread = ThreadPoolExecutor(1)
+        self._pending: deque = deque()
+
+    def submit(self, write: Callable[..., object], *args) -> None:
+        self._pending.append(self._thread.submit(write, *args))
+        while len(self._pending) > 2:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> "WriterThread":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._thread.shutdown()
+
+
 @dataclass
 class EngagedPosts:
     """Where the cleaned selection is stored and how it was made."""
@@ -183,7 +208,8 @@ def collect_engaged_posts(
         # The funnel is one aggregate over the window: the server computes it meanwhile.
         funnel = background.submit(db.window_funnel, window, rule)
         batches = db.stream_selection(window, rule, batch_rows=BATCH_ROWS)
-        with pq.ParquetWriter(out_path, ENGAGED_SCHEMA, use_dictionary=["persona_id"]) as writer:
+        with pq.ParquetWriter(out_path, ENGAGED_SCHEMA, use_dictionary=["persona_id"]) as parquet, \
+                WriterThread() as writer:  # fmt: skip
             for cleaned, batch_rejected, batch_repairs in map_in_order(
                 lambda batch: _clean_batch(batch, task, max_text_chars), batches, threads or default_threads()
             ):
@@ -195,7 +221,7 @@ def collect_engaged_posts(
                 rejected["duplicate_normalized"] += normalized
                 kept = cleaned.filter(pa.array(keep))
                 if kept.num_rows:
-                    writer.write_batch(kept)
+                    writer.submit(parquet.write_batch, kept)
                     rows += kept.num_rows
                     preview += kept.slice(0, PREVIEW_ROWS - len(preview)).to_pylist()
         funnel = funnel.result()
@@ -338,15 +364,17 @@ def build_training_files(engaged: EngagedPosts, out_dir: Path, options: DatasetO
     tokens = TokenStats()
     dropped: Counter[str] = Counter({"over_token_limit": 0})
     preview: list[dict] = []
-    batches = pq.ParquetFile(engaged.path).iter_batches(batch_size=BATCH_ROWS, columns=["id", "persona_id",
-                                                        "original_input", "hook", "body"])  # fmt: skip
-    for lines in map_in_order(lambda batch: _lines_of_batch(batch, engaged.task, options, sample_share, system_json),
-                              batches, threads or default_threads()):  # fmt: skip
-        training.write(lines.training, lines.training_lines)
-        validation.write(lines.validation, lines.validation_lines)
-        tokens = TokenStats.combined([tokens, lines.tokens])
-        dropped.update(lines.dropped)
-        preview += lines.preview[:PREVIEW_ROWS - len(preview)]
+    # pre_buffer=False: pre-buffering reads row groups ahead, and its memory grows with the file.
+    batches = pq.ParquetFile(engaged.path, pre_buffer=False).iter_batches(
+        batch_size=BATCH_ROWS, columns=["id", "persona_id", "original_input", "hook", "body"])
+    with WriterThread() as writer:
+        for lines in map_in_order(lambda batch: _lines_of_batch(batch, engaged.task, options, sample_share,
+                                                                system_json), batches, threads or default_threads()):  # fmt: skip
+            writer.submit(training.write, lines.training, lines.training_lines)
+            writer.submit(validation.write, lines.validation, lines.validation_lines)
+            tokens = TokenStats.combined([tokens, lines.tokens])
+            dropped.update(lines.dropped)
+            preview += lines.preview[:PREVIEW_ROWS - len(preview)]
     training_digest, validation_digest = training.close(), validation.close()
     training_lines, validation_lines = training.lines, validation.lines
     has_validation = validation_lines >= options.min_validation_examples

@@ -107,11 +107,11 @@ def clean_columns(fields: list[pa.Array], max_chars: int) -> CleanedColumns:
     takes them (the target text last)."""
     patterns = _patterns()
     rows = len(fields[0])
-    needs_rows = np.zeros(rows, dtype=bool)
-    for texts in fields:
-        suspect = pc.or_kleene(pc.match_substring_regex(texts, patterns.needs_rows),
-                               pc.greater(pc.utf8_length(texts), max_chars))  # fmt: skip
-        needs_rows |= pc.fill_null(suspect, True).to_numpy(zero_copy_only=False)
+    # One search over the fields end to end: the pattern is compiled once per call, not per field.
+    every_field = pa.concat_arrays([texts.cast(pa.large_string()) for texts in fields])
+    suspect = pc.or_kleene(pc.match_substring_regex(every_field, patterns.needs_rows),
+                           pc.greater(pc.utf8_length(every_field), max_chars))  # fmt: skip
+    needs_rows = np.logical_or.reduce(pc.fill_null(suspect, True).to_numpy(zero_copy_only=False).reshape(-1, rows))
     keep = np.ones(rows, dtype=bool)
     rejected: Counter[str] = Counter()
     repairs: Counter[str] = Counter()
