@@ -17,6 +17,7 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -65,27 +66,36 @@ class _Patterns:
     not_alnum: str  # what the dedup key drops from a lowercased plain text
 
 
+def _scanned(start: int, stop: int) -> Iterator[list[int]]:
+    """The code points from start to stop in blocks (the scan's garbage stays small), surrogates
+    left out."""
+    for first in range(start, stop, 4096):
+        yield [point for point in range(first, min(first + 4096, stop)) if not 0xD800 <= point < 0xE000]
+
+
 @lru_cache(maxsize=1)
 def _patterns() -> _Patterns:
-    points = [c for c in range(0x80, _SCANNED_UP_TO) if not 0xD800 <= c < 0xE000]
-    chars = [chr(c) for c in points]
-    lowered = pc.utf8_lower(pa.array(chars)).to_pylist()
     # Characters a canonical composition can absorb into the one before them (NFC "maybe").
     composing = set()
-    for char in chars:
-        decomposition = unicodedata.decomposition(char)
-        if decomposition and not decomposition.startswith("<") and len(decomposition.split()) == 2:
-            composing.add(int(decomposition.split()[1], 16))
-    not_plain = [
-        point for point, char, lower in zip(points, chars, lowered)
-        if point in _INVISIBLE or point in composing or char.isspace() or char.isdecimal()
-        or unicodedata.combining(char) or not unicodedata.is_normalized("NFKC", char)
-        or char.casefold() != lower or _ASCII_LETTERS & set(char.lower() + char.upper() + char.casefold())
-    ]  # fmt: skip
-    assert not composing & set(range(0x80)), "an ASCII character composes: the fast path would be wrong"
+    for block in _scanned(0x80, _SCANNED_UP_TO):
+        for point in block:
+            decomposition = unicodedata.decomposition(chr(point))
+            if decomposition and not decomposition.startswith("<") and len(decomposition.split()) == 2:
+                composing.add(int(decomposition.split()[1], 16))
+    not_plain: list[int] = []
+    not_alnum = [c for c in range(0x80) if not chr(c).isalnum()]
+    for block in _scanned(0x80, _SCANNED_UP_TO):
+        chars = [chr(point) for point in block]
+        lowered = pc.utf8_lower(pa.array(chars)).to_pylist()  # what Arrow's kernel will do
+        not_plain += [
+            point for point, char, lower in zip(block, chars, lowered)
+            if point in _INVISIBLE or point in composing or char.isspace() or char.isdecimal()
+            or unicodedata.combining(char) or not unicodedata.is_normalized("NFKC", char)
+            or char.casefold() != lower or _ASCII_LETTERS & set(char.lower() + char.upper() + char.casefold())
+        ]  # fmt: skip
+        not_alnum += [point for point, char in zip(block, chars) if not char.isalnum()]
     beyond = f"\\x{{{_SCANNED_UP_TO:x}}}-\\x{{10ffff}}"
     not_plain_class = "[" + _char_class(not_plain) + beyond + "]"
-    not_alnum = [c for c in range(_SCANNED_UP_TO) if not 0xD800 <= c < 0xE000 and not chr(c).isalnum()]
     controls = "\\x00-\\x08\\x0b-\\x1f\\x7f"
     needs_rows = "|".join([
         not_plain_class, f"[{controls}]", f"^[{_ASCII_SPACE}]", f"[{_ASCII_SPACE}]$", "^$",
