@@ -12,7 +12,8 @@ separate processes (so peak RSS is each path's own):
 * naive (1 M window only unless --naive-all): ``pandas.read_sql`` of the window, then a Python
   loop with the same cleaning, ``json.dumps`` and an exact token count per row.
 
-Prints wall time, peak RSS, database round trips, the ratios, and the plan of the query.
+Prints wall time, peak RSS, database round trips, the ratios, and the plan of the query. The
+floors and ours run ``--repeat`` times (default 3) and the median run is shown.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
@@ -126,58 +126,16 @@ def windows() -> list[tuple[str, datetime, datetime]]:
     return [("100k", END - week * 0.1, END), ("300k", END - week * 0.3, END), ("1M", END - week, END)]
 
 
-def _status_kb(pid: int, field: str, source: str = "status") -> int:
-    try:
-        with open(f"/proc/{pid}/{source}") as status:
-            return int(next(line for line in status if line.startswith(field)).split()[1])
-    except (FileNotFoundError, StopIteration, ProcessLookupError):
-        return 0
-
-
-def _pss_kb(pid: int) -> int:
-    """Proportional set size: shared pages (libraries the workers share) counted once overall."""
-    return _status_kb(pid, "Pss:", "smaps_rollup")
-
-
-def _descendants(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as children:
-            found = [int(child) for child in children.read().split()]
-    except FileNotFoundError:
-        return []
-    return found + [grandchild for child in found for grandchild in _descendants(child)]
-
-
-class TreeMemory:
-    """Peak of the summed memory (PSS) of this process and its workers, sampled every 50 ms, or
-    this process's own peak RSS if larger (VmHWM of one process would miss the workers;
-    ru_maxrss would carry the parent's peak from before spawn)."""
-
-    def __init__(self):
-        import threading
-
-        self.peak_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self):
-        me = os.getpid()
-        while not self._stop.is_set():
-            total = _pss_kb(me) + sum(_pss_kb(child) for child in _descendants(me))
-            self.peak_kb = max(self.peak_kb, total)
-            self._stop.wait(0.05)
-
-    def stop_mb(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return max(self.peak_kb, _status_kb(os.getpid(), "VmHWM:")) / 1024
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Each path runs in a fresh process with no
+    children of its own, so this is the path's peak; sampling /proc while it runs would slow it."""
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
 
 
 def run_floor(url: str, start: datetime, end: datetime, queue, ordered: bool = True) -> None:
     from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window
 
-    memory = TreeMemory()
     db = PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
     query = db.selection_query(Window(start, end), SelectionRule())
     if not ordered:
@@ -191,7 +149,7 @@ def run_floor(url: str, start: datetime, end: datetime, queue, ordered: bool = T
         with cur.copy(f"COPY ({sql}) TO STDOUT") as copy:
             for block in copy:
                 rows += bytes(block).count(b"\n")
-    queue.put({"seconds": time.perf_counter() - started, "rss_mb": memory.stop_mb(), "rows": rows,
+    queue.put({"seconds": time.perf_counter() - started, "rss_mb": peak_rss_mb(), "rows": rows,
                "round_trips": round_trips(counts)})  # fmt: skip
 
 
@@ -203,7 +161,6 @@ def run_ours(url: str, start: datetime, end: datetime, queue) -> None:
     from ftp_assets import posts_db
     from ftp_assets.data_path import DatasetOptions, build_training_files, collect_engaged_posts
 
-    memory = TreeMemory()
     db = posts_db.PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
@@ -214,7 +171,7 @@ def run_ours(url: str, start: datetime, end: datetime, queue) -> None:
         finished = time.perf_counter()
     queue.put({
         "seconds": finished - started, "engaged_seconds": middle - started, "jsonl_seconds": finished - middle,
-        "rss_mb": memory.stop_mb(), "rows": engaged.rows, "examples": dataset.examples,
+        "rss_mb": peak_rss_mb(), "rows": engaged.rows, "examples": dataset.examples,
         "round_trips": None, "token_rse": dataset.tokens_relative_standard_error,
     })  # fmt: skip
 
@@ -271,7 +228,6 @@ def count_round_trips(url: str, start: datetime, end: datetime, queue) -> None:
 def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
     import pandas as pd
 
-    memory = TreeMemory()
     counts = count_database_calls()
     from ftp_assets.domain.cleaning import clean_text, dedup_key, looks_like_injection
     from ftp_assets.domain.dataset import build_example, count_tokens, system_message
@@ -302,19 +258,23 @@ def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
                 continue
             out.write(json.dumps(example, ensure_ascii=False) + "\n")
             kept += 1
-    queue.put({"seconds": time.perf_counter() - started, "rss_mb": memory.stop_mb(), "rows": kept,
+    queue.put({"seconds": time.perf_counter() - started, "rss_mb": peak_rss_mb(), "rows": kept,
                "round_trips": round_trips(counts)})  # fmt: skip
 
 
-def measure(target, url: str, start: datetime, end: datetime) -> dict:
-    """Run ``target`` in a fresh process, so its peak RSS is its own."""
+def measure(target, url: str, start: datetime, end: datetime, repeat: int = 1) -> dict:
+    """Run ``target`` in a fresh process each time, so its peak RSS is its own; with ``repeat``
+    runs, the figures of the run with the median time (this shared machine's timings vary)."""
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=target, args=(url, start, end, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    results = []
+    for _ in range(repeat):
+        queue = context.Queue()
+        process = context.Process(target=target, args=(url, start, end, queue))
+        process.start()
+        results.append(queue.get())
+        process.join()
+    results.sort(key=lambda result: result.get("seconds", 0))
+    return {**results[len(results) // 2], "all_seconds": [result.get("seconds") for result in results]}
 
 
 def explain(url: str) -> str:
@@ -332,6 +292,7 @@ def main() -> None:
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--reload", action="store_true")
     parser.add_argument("--naive-all", action="store_true", help="also run the naive path on the small windows")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of floor and ours per window (median shown)")
     args = parser.parse_args()
     load(args.pg, args.reload)
     url = _server(args.pg, DB)
@@ -339,9 +300,9 @@ def main() -> None:
     header = f"{'window':>6} {'path':>6} {'rows':>9} {'seconds':>8} {'peak MB':>8} {'trips':>6} {'vs floor':>9} {'naive/ours':>10}"
     print(header)
     for name, start, end in windows():
-        floor = measure(run_floor, url, start, end)
-        unordered = measure(run_floor_unordered, url, start, end)
-        ours = measure(run_ours, url, start, end)
+        floor = measure(run_floor, url, start, end, args.repeat)
+        unordered = measure(run_floor_unordered, url, start, end, args.repeat)
+        ours = measure(run_ours, url, start, end, args.repeat)
         naive = measure(run_naive, url, start, end) if (name == "1M" or args.naive_all) else None
         ours["round_trips"] = measure(count_round_trips, url, start, end)["total"]
         for path, figures in (("floor", floor), ("floor-", unordered), ("ours", ours), ("naive", naive)):
@@ -351,7 +312,9 @@ def main() -> None:
             speedup = f"{naive['seconds'] / ours['seconds']:.1f}x" if naive and path == "ours" else ""
             print(f"{name:>6} {path:>6} {figures['rows']:>9,} {figures['seconds']:>8.2f} {figures['rss_mb']:>8.0f} "
                   f"{figures['round_trips']:>6} {ratio:>8.1f}x {speedup:>10}", flush=True)  # fmt: skip
-        print(f"{'':>6} ours is {ours['seconds'] / unordered['seconds']:.1f}x floor- (the filter without ORDER BY)")
+        print(f"{'':>6} ours is {ours['seconds'] / unordered['seconds']:.1f}x floor- (the filter without ORDER BY); "
+              + "; ".join(f"{path} runs {', '.join(f'{t:.2f}' for t in figures['all_seconds'])} s"
+                          for path, figures in (("floor", floor), ("floor-", unordered), ("ours", ours))))
         print(f"{'':>6} ours: engaged_posts {ours['engaged_seconds']:.2f} s, training_jsonl {ours['jsonl_seconds']:.2f} s, "
               f"token estimate relative standard error {ours['token_rse']:.3%}", flush=True)  # fmt: skip
 

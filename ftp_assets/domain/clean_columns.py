@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ftp_assets.domain.cleaning import _INVISIBLE, clean_fields, dedup_key
+from ftp_assets.domain.cleaning import INVISIBLE, clean_fields, dedup_key
 
 # Characters above this are rare enough to go to Python without being classified one by one.
 _SCANNED_UP_TO = 0x30000
@@ -89,7 +89,7 @@ def _patterns() -> _Patterns:
         lowered = pc.utf8_lower(pa.array(chars)).to_pylist()  # what Arrow's kernel will do
         not_plain += [
             point for point, char, lower in zip(block, chars, lowered)
-            if point in _INVISIBLE or point in composing or char.isspace() or char.isdecimal()
+            if point in INVISIBLE or point in composing or char.isspace() or char.isdecimal()
             or unicodedata.combining(char) or not unicodedata.is_normalized("NFKC", char)
             or char.casefold() != lower or _ASCII_LETTERS & set(char.lower() + char.upper() + char.casefold())
         ]  # fmt: skip

@@ -18,7 +18,7 @@ PHONE_PLACEHOLDER = "[phone]"
 # Characters that render as nothing or reorder text: zero-width space/non-joiner, bidi marks and
 # embeddings/isolates, BOM, soft hyphen, and C0/C1 controls other than tab and newline. The
 # zero-width *joiner* (U+200D) stays: emoji sequences such as family or profession emoji need it.
-_INVISIBLE = dict.fromkeys(
+INVISIBLE = dict.fromkeys(
     [0x00AD, 0x200B, 0x200C, 0x200E, 0x200F, 0x2060, 0xFEFF]
     + list(range(0x202A, 0x202F))
     + list(range(0x2066, 0x206A))
@@ -26,7 +26,7 @@ _INVISIBLE = dict.fromkeys(
     + list(range(0x7F, 0xA0))
 )
 
-_HAS_INVISIBLE = re.compile("[" + "".join(re.escape(chr(c)) for c in _INVISIBLE) + "]")
+_HAS_INVISIBLE = re.compile("[" + "".join(re.escape(chr(c)) for c in INVISIBLE) + "]")
 
 # Local part: RFC 5322's atext and dots, so unusual but valid addresses are caught too.
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
@@ -59,7 +59,7 @@ def normalize_unicode(text: str) -> str:
     """NFC form without invisible or control characters, and trimmed."""
     # A regex search is far cheaper than translate(), and most posts have nothing to remove.
     if _HAS_INVISIBLE.search(text):
-        text = text.translate(_INVISIBLE)
+        text = text.translate(INVISIBLE)
     if not text.isascii() and not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
     return text.strip()
