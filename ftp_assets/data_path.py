@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ftp_assets.domain.clean_columns import clean_columns, dedup_key_hashes, text_hashes
+from ftp_assets.domain.clean_columns import clean_columns, clean_columns_ready, dedup_key_hashes, text_hashes
 from ftp_assets.domain.dataset import (
     SplitFile,
     TokenStats,
@@ -204,9 +204,11 @@ def collect_engaged_posts(
     kept_texts = KeptTexts()
     rows = 0
     preview: list[dict] = []
-    with ThreadPoolExecutor(1) as background:
-        # The funnel is one aggregate over the window: the server computes it meanwhile.
+    with ThreadPoolExecutor(2) as background:
+        # The funnel is one aggregate over the window: the server computes it meanwhile, and the
+        # cleaning's patterns are built while the server sorts the selection.
         funnel = background.submit(db.window_funnel, window, rule)
+        background.submit(clean_columns_ready)
         batches = db.stream_selection(window, rule, batch_rows=BATCH_ROWS)
         with pq.ParquetWriter(out_path, ENGAGED_SCHEMA, use_dictionary=["persona_id"]) as parquet, \
                 WriterThread() as writer:  # fmt: skip
@@ -303,7 +305,8 @@ def _lines_of_batch(batch: pa.RecordBatch, task: str, options: DatasetOptions, s
     # empty content, which is checked here: such a line is dropped, never written.
     texts = [inputs, hooks] + ([bodies] if task == "body" else [])
     has_content = np.logical_and.reduce([
-        pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(t)), 0), False).to_numpy(zero_copy_only=False)
+        pc.fill_null(pc.and_(pc.greater(pc.utf8_length(t), 0), pc.invert(pc.utf8_is_space(t))), False)
+        .to_numpy(zero_copy_only=False)
         for t in texts + [systems]
     ])  # fmt: skip
     dropped: Counter[str] = Counter({"over_token_limit": 0})

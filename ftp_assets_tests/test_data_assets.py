@@ -1,6 +1,8 @@
 """engaged_posts and training_jsonl materialized with Dagster against real databases."""
 
 import json
+import uuid
+from datetime import timedelta
 
 import pyarrow.parquet as pq
 import pytest
@@ -188,3 +190,51 @@ def test_threads_and_batches_change_nothing_in_the_result(pg_posts_url, tmp_path
     assert one_set.dataset_hash == two_set.dataset_hash
     assert open(one_set.training_path, "rb").read() == open(two_set.training_path, "rb").read()
     assert one_set.training_tokens == two_set.training_tokens and not one_set.tokens_exact
+
+
+def test_the_selection_reads_in_a_read_only_transaction(pg_database, pg_posts_url):
+    """The posts relation is a view that writes when read: the selection must refuse to run it.
+    (This is the agent's production database: the data path may never write to it.)"""
+    import psycopg
+
+    from ftp_assets.posts_db import SelectionRule, Window
+
+    load(pg_posts_url, clean_posts(5))
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("ALTER TABLE posts RENAME TO agent_posts")
+        conn.execute("CREATE TABLE reads (at timestamptz)")
+        conn.execute("CREATE FUNCTION noted() RETURNS boolean LANGUAGE sql VOLATILE "
+                     "AS 'INSERT INTO reads VALUES (now()) RETURNING true'")  # fmt: skip
+        conn.execute("CREATE VIEW posts AS SELECT * FROM agent_posts WHERE noted()")
+    db = PostsDatabase(pg_posts_url)
+    window = Window(WINDOW_END - timedelta(days=7), WINDOW_END)
+    with pytest.raises(Exception, match="read-only transaction"):
+        list(db.stream_selection(window, SelectionRule()))
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT count(*) FROM reads").fetchone()[0] == 0
+
+
+def test_a_refused_connection_of_the_stream_is_clear_and_hides_the_password(pg_database, pg_posts_url):
+    """The stream opens its own connection (ADBC); when the server refuses it, the error says so
+    in one sentence without the URL's password."""
+    import psycopg
+
+    from ftp_assets.posts_db import PostsDatabaseError, SelectionRule, Window
+
+    load(pg_posts_url, clean_posts(5))
+    role = f"ftp_reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 's3cret-pw'")
+        conn.execute(f"GRANT SELECT ON posts TO {role}")
+    try:
+        db = PostsDatabase(pg_posts_url.replace("postgres@", f"{role}:s3cret-pw@"))
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(f"ALTER ROLE {role} NOLOGIN")  # after the resource's own check
+        with pytest.raises(PostsDatabaseError, match="Cannot connect") as caught:
+            list(db.stream_selection(Window(WINDOW_END - timedelta(days=7), WINDOW_END), SelectionRule()))
+        assert "s3cret-pw" not in str(caught.value)
+        db.engine.dispose()
+    finally:
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
