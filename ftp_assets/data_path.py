@@ -299,16 +299,19 @@ def _lines_of_batch(batch: pa.RecordBatch, task: str, options: DatasetOptions, s
     ids, personas, inputs, hooks, bodies = batch.columns
     names = pc.unique(personas)
     systems = pa.array([system_json(name) for name in names.to_pylist()], type=pa.string())
-    systems = systems.take(pc.index_in(personas, value_set=names))
-    lines = serialize_column(task, systems, inputs, hooks, bodies, end="\n")
+    lines = serialize_column(task, systems.take(pc.index_in(personas, value_set=names)), inputs, hooks, bodies,
+                             end="\n")  # fmt: skip
     # The cookbook's rules hold by construction (three messages, fixed roles and keys) but for
     # empty content, which is checked here: such a line is dropped, never written.
     texts = [inputs, hooks] + ([bodies] if task == "body" else [])
     has_content = np.logical_and.reduce([
         pc.fill_null(pc.and_(pc.greater(pc.utf8_length(t), 0), pc.invert(pc.utf8_is_space(t))), False)
         .to_numpy(zero_copy_only=False)
-        for t in texts + [systems]
+        for t in texts
     ])  # fmt: skip
+    blank_systems = [name for name, system in zip(names.to_pylist(), systems.to_pylist()) if not json.loads(system).strip()]
+    if blank_systems:
+        has_content &= ~pc.is_in(personas, value_set=pa.array(blank_systems, pa.string())).to_numpy(zero_copy_only=False)
     dropped: Counter[str] = Counter({"over_token_limit": 0})
     dropped["invalid_format:missing_content"] += int((~has_content).sum())
     validation_rows, sample_rows = split_and_sample(ids.to_numpy(), options.validation_share, sample_share)

@@ -238,3 +238,22 @@ def test_a_refused_connection_of_the_stream_is_clear_and_hides_the_password(pg_d
         with psycopg.connect(pg_database, autocommit=True) as conn:
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_blank_system_message_drops_its_lines_and_counts_them(tmp_path):
+    """A persona whose configured system message is blank gets no line (the cookbook's
+    missing_content); the other personas' lines are written."""
+    from ftp_assets.data_path import DatasetOptions, build_training_files, collect_engaged_posts
+    from ftp_assets.posts_db import SelectionRule, Window
+
+    rows = clean_posts(40)
+    for row in rows[:15]:
+        row["persona_id"] = "silent_persona"
+    db = load(f"sqlite:///{tmp_path / 'posts.sqlite3'}", rows)
+    engaged = collect_engaged_posts(db, "hook", Window(WINDOW_END - timedelta(days=7), WINDOW_END), SelectionRule(),
+                                    tmp_path / "engaged.parquet")  # fmt: skip
+    dataset = build_training_files(engaged, tmp_path, DatasetOptions(system_templates={"silent_persona": "  \n"}))
+    assert dataset.dropped["invalid_format:missing_content"] == 15
+    assert dataset.examples == engaged.rows - 15 == 25
+    lines = [json.loads(line) for line in open(dataset.training_path)]
+    assert all(line["messages"][0]["content"].strip() for line in lines)
