@@ -2,6 +2,8 @@
 
 We only ever read the agent's posts, inside read-only transactions, and stream them; the schema
 here is the data contract (DESIGN.md §2), used by ``ftp db init`` and the demo to create it.
+Every query is built here once; only the bulk read of the selection travels differently on
+PostgreSQL, through ADBC's driver, so that a million rows arrive as Arrow without Python objects.
 """
 
 from __future__ import annotations
