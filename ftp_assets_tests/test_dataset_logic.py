@@ -22,9 +22,9 @@ from ftp_assets.domain.dataset import (
     build_example,
     count_tokens,
     dataset_hash,
-    is_validation,
     mixed_ids,
     serialize,
+    split_and_sample,
     system_message,
 )
 
@@ -105,16 +105,16 @@ def test_different_texts_have_different_dedup_keys():
 
 @given(st.integers(min_value=0, max_value=2**62), st.floats(min_value=0, max_value=1))
 def test_split_is_monotone_in_the_share(post_id, share):
-    if is_validation(post_id, share):
-        assert is_validation(post_id, min(1.0, share + 0.1))
+    if split_and_sample([post_id], share, 0.0)[0][0]:
+        assert split_and_sample([post_id], min(1.0, share + 0.1), 0.0)[0][0]
 
 
 def test_split_share_and_fixed_vectors():
     # Fixed vectors: the split must not change between releases, machines or Python versions.
     # SplitMix64 seeded with 0 starts 0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4 (Vigna's reference code).
     assert [hex(h) for h in mixed_ids([0, 0x9E3779B97F4A7C15 - 2**64])] == ["0xe220a8397b1dcdaf", "0x6e789e6aa1b965f4"]
-    assert [is_validation(i, 0.2) for i in (1, 2, 3)] == [False, False, True]
-    share = sum(is_validation(i, 0.1) for i in range(20_000)) / 20_000
+    assert split_and_sample([1, 2, 3], 0.2, 0.0)[0].tolist() == [False, False, True]
+    share = split_and_sample(range(20_000), 0.1, 0.0)[0].mean()
     assert abs(share - 0.1) < 4 * (0.1 * 0.9 / 20_000) ** 0.5
 
 

@@ -103,10 +103,6 @@ def mixed_ids(post_ids) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def is_validation(post_id: int, validation_share: float) -> bool:
-    return bool(split_and_sample([post_id], validation_share, 0.0)[0][0])
-
-
 def split_and_sample(post_ids, validation_share: float, sample_share: float) -> tuple[np.ndarray, np.ndarray]:
     """Per post: in the validation split, and in the token-count sample. One hash serves both:
     the split reads its top 53 bits as a fraction, the sample its low 16 bits."""
