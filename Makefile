@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv on first use
-# and reinstall it when setup.py changes.
+# and reinstall it when pyproject.toml changes.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 INSTALLED := $(VENV)/.installed
@@ -14,7 +14,7 @@ test: $(INSTALLED)
 benchmark: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/run_all.py
 
-$(INSTALLED): setup.py
+$(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'

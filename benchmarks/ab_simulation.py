@@ -2,7 +2,7 @@
 
     python benchmarks/ab_simulation.py [--experiments N] [--looks K] [--seed S]
 
-Simulates synthetic posts (ftp_assets.domain.ab_simulation.AudienceModel), plans the sample with
+Simulates synthetic posts (ftp_demo.ab_simulation.AudienceModel), plans the sample with
 the analysis's own required-sample calculation, evaluates every experiment at K evenly spaced
 looks, and prints, with binomial standard errors:
 - the A/A false-promotion rate of the sequential rule (always-valid interval) and of the naive
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from ftp_assets.domain.ab_simulation import AudienceModel, ExperimentDesign, planned_total_posts, simulate_experiments
+from ftp_demo.ab_simulation import AudienceModel, ExperimentDesign, planned_total_posts, simulate_experiments
 
 
 def main() -> None:

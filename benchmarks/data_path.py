@@ -23,14 +23,14 @@ import json
 import multiprocessing
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import psycopg
 
 TOTAL_POSTS = 10_000_000
-END = datetime(2026, 11, 22, tzinfo=timezone.utc)
+END = datetime(2026, 11, 22, tzinfo=UTC)
 # The benchmark week holds 2 M posts, about half qualifying; 8 M older posts fill 9 weeks before.
 WEEK_POSTS = 2_000_000
 DB = "ftp_bench"
@@ -50,7 +50,7 @@ def load(pg: str, reload: bool) -> None:
                     return
         conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {DB}")
-    from ftp_assets.posts_db import PostsDatabase, posts_table
+    from ftp_assets.adapters.posts_db import PostsDatabase, posts_table
 
     url = _server(pg, DB)
     table = posts_table()
@@ -89,35 +89,61 @@ def _chunk(rng: np.random.Generator, first: int, size: int) -> str:
     words = [rng.integers(0, len(vocabulary), size).tolist() for vocabulary in _VOCABULARY]
     extras = rng.integers(0, 1000, size).tolist()
     lines = []
-    for row, (post_id, offset, imp, eng) in enumerate(zip(ids.tolist(), offsets.tolist(), impressions.tolist(),
-                                                          engagements.tolist())):  # fmt: skip
+    for row, (post_id, offset, imp, eng) in enumerate(
+        zip(ids.tolist(), offsets.tolist(), impressions.tolist(), engagements.tolist())
+    ):
         w = [vocabulary[choice[row]] for vocabulary, choice in zip(_VOCABULARY, words)]
         extra = extras[row]
         created = (END - timedelta(seconds=offset + 1)).isoformat()
         hook = f"{w[0]} {extra % 20 + 2} {w[1]} {w[2]} about {w[3]}?"
-        body = (f"{w[4]} we {w[5]} the {w[3]} for {w[6]} weeks 🚀\\nWhat changed: {w[7]} {w[1]}, "
-                f"then {w[5]} it again. Try this: {w[0].lower()} {w[2]}.")
+        body = (
+            f"{w[4]} we {w[5]} the {w[3]} for {w[6]} weeks 🚀\\nWhat changed: {w[7]} {w[1]}, "
+            f"then {w[5]} it again. Try this: {w[0].lower()} {w[2]}."
+        )
         if extra == 7:
             hook += " Ask me at jordan.lee@example.com"
         if extra == 9:
             body += " Call +1 (555) 010-2030."
-        lines.append(f"{post_id}\tpersona_{extra % 5}\tTopic: {w[3]} for {w[6]}\t{hook}\t{body}\t"
-                     f"{created}\t{imp}\t{eng}\tgpt-4o-mini\tgpt-4o-mini\n")  # fmt: skip
+        lines.append(
+            f"{post_id}\tpersona_{extra % 5}\tTopic: {w[3]} for {w[6]}\t{hook}\t{body}\t"
+            f"{created}\t{imp}\t{eng}\tgpt-4o-mini\tgpt-4o-mini\n"
+        )
     return "".join(lines)
 
 
 _VOCABULARY = [
     ["Here are", "Why", "How", "Stop guessing:", "The truth about", "Nobody tells you", "I tried", "Steal these"],
     ["habits", "mistakes", "lessons", "rules", "tricks", "questions", "numbers", "ideas", "tools", "myths"],
-    ["that doubled my reach", "I wish I knew", "for busy founders", "that actually work", "to skip",
-     "behind every launch", "from 90 days of posting", "no one talks about"],
-    [f"{a} {b}" for a in ("pricing", "onboarding", "hiring", "writing", "design", "sales", "fitness", "saving")
-     for b in ("pages", "emails", "calls", "notes", "plans", "reviews", "drafts", "demos")],
+    [
+        "that doubled my reach",
+        "I wish I knew",
+        "for busy founders",
+        "that actually work",
+        "to skip",
+        "behind every launch",
+        "from 90 days of posting",
+        "no one talks about",
+    ],
+    [
+        f"{a} {b}"
+        for a in ("pricing", "onboarding", "hiring", "writing", "design", "sales", "fitness", "saving")
+        for b in ("pages", "emails", "calls", "notes", "plans", "reviews", "drafts", "demos")
+    ],
     ["Honestly,", "Last year", "At first", "For months", "Twice", "Quietly", "Every Friday", "Somehow"],
     ["rewrote", "rebuilt", "tested", "simplified", "cut", "priced", "shipped", "measured", "dropped", "doubled"],
     [str(n) for n in range(1, 53)],
-    ["fewer steps", "shorter copy", "one metric", "a weekly review", "smaller scope", "real deadlines",
-     "public notes", "a checklist", "less polish", "more questions"],
+    [
+        "fewer steps",
+        "shorter copy",
+        "one metric",
+        "a weekly review",
+        "smaller scope",
+        "real deadlines",
+        "public notes",
+        "a checklist",
+        "less polish",
+        "more questions",
+    ],
 ]
 
 
@@ -134,7 +160,7 @@ def peak_rss_mb() -> float:
 
 
 def run_floor(url: str, start: datetime, end: datetime, queue, ordered: bool = True) -> None:
-    from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window
+    from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window
 
     db = PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
     query = db.selection_query(Window(start, end), SelectionRule())
@@ -149,8 +175,14 @@ def run_floor(url: str, start: datetime, end: datetime, queue, ordered: bool = T
         with cur.copy(f"COPY ({sql}) TO STDOUT") as copy:
             for block in copy:
                 rows += bytes(block).count(b"\n")
-    queue.put({"seconds": time.perf_counter() - started, "rss_mb": peak_rss_mb(), "rows": rows,
-               "round_trips": round_trips(counts)})  # fmt: skip
+    queue.put(
+        {
+            "seconds": time.perf_counter() - started,
+            "rss_mb": peak_rss_mb(),
+            "rows": rows,
+            "round_trips": round_trips(counts),
+        }
+    )
 
 
 def run_floor_unordered(url: str, start: datetime, end: datetime, queue) -> None:
@@ -158,22 +190,30 @@ def run_floor_unordered(url: str, start: datetime, end: datetime, queue) -> None
 
 
 def run_ours(url: str, start: datetime, end: datetime, queue) -> None:
-    from ftp_assets import posts_db
-    from ftp_assets.data_path import DatasetOptions, build_training_files, collect_engaged_posts
+    from ftp_assets.adapters import posts_db
+    from ftp_assets.steps.data_path import DatasetOptions, build_training_files, collect_engaged_posts
 
     db = posts_db.PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        engaged = collect_engaged_posts(db, "body", posts_db.Window(start, end), posts_db.SelectionRule(),
-                                        Path(folder) / "engaged.parquet")  # fmt: skip
+        engaged = collect_engaged_posts(
+            db, "body", posts_db.Window(start, end), posts_db.SelectionRule(), Path(folder) / "engaged.parquet"
+        )
         middle = time.perf_counter()
         dataset = build_training_files(engaged, Path(folder), DatasetOptions())
         finished = time.perf_counter()
-    queue.put({
-        "seconds": finished - started, "engaged_seconds": middle - started, "jsonl_seconds": finished - middle,
-        "rss_mb": peak_rss_mb(), "rows": engaged.rows, "examples": dataset.examples,
-        "round_trips": None, "token_rse": dataset.tokens_relative_standard_error,
-    })  # fmt: skip
+    queue.put(
+        {
+            "seconds": finished - started,
+            "engaged_seconds": middle - started,
+            "jsonl_seconds": finished - middle,
+            "rss_mb": peak_rss_mb(),
+            "rows": engaged.rows,
+            "examples": dataset.examples,
+            "round_trips": None,
+            "token_rse": dataset.tokens_relative_standard_error,
+        }
+    )
 
 
 def count_database_calls() -> dict[str, int]:
@@ -203,7 +243,9 @@ def count_database_calls() -> dict[str, int]:
     psycopg.Connection.commit = counting("transaction", psycopg.Connection.commit)
     adbc_driver_postgresql.dbapi.connect = counting("connect", adbc_driver_postgresql.dbapi.connect)
     adbc_driver_manager.dbapi.Cursor.execute = counting("execute", adbc_driver_manager.dbapi.Cursor.execute, 2)
-    adbc_driver_manager.dbapi.Connection.rollback = counting("transaction", adbc_driver_manager.dbapi.Connection.rollback)
+    adbc_driver_manager.dbapi.Connection.rollback = counting(
+        "transaction", adbc_driver_manager.dbapi.Connection.rollback
+    )
     adbc_driver_manager.dbapi.Connection.commit = counting("transaction", adbc_driver_manager.dbapi.Connection.commit)
     return counts
 
@@ -214,14 +256,20 @@ def round_trips(counts: dict[str, int]) -> int:
 
 def count_round_trips(url: str, start: datetime, end: datetime, queue) -> None:
     """The round trips of engaged_posts (training_jsonl does not touch the database)."""
-    from ftp_assets import posts_db
-    from ftp_assets.data_path import collect_engaged_posts
+    from ftp_assets.adapters import posts_db
+    from ftp_assets.steps.data_path import collect_engaged_posts
 
     counts = count_database_calls()
     db = posts_db.PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
     with tempfile.TemporaryDirectory() as folder:
-        collect_engaged_posts(db, "body", posts_db.Window(start, end), posts_db.SelectionRule(),
-                              Path(folder) / "engaged.parquet", threads=1)  # fmt: skip
+        collect_engaged_posts(
+            db,
+            "body",
+            posts_db.Window(start, end),
+            posts_db.SelectionRule(),
+            Path(folder) / "engaged.parquet",
+            threads=1,
+        )
     queue.put({"total": round_trips(counts)})
 
 
@@ -230,7 +278,8 @@ def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
 
     counts = count_database_calls()
     from ftp_assets.domain.cleaning import clean_text, dedup_key, looks_like_injection
-    from ftp_assets.domain.dataset import build_example, count_tokens, system_message
+    from ftp_assets.domain.dataset import build_example, system_message
+    from ftp_assets.domain.tokens import count_message_tokens
 
     started = time.perf_counter()
     with psycopg.connect(url) as conn:
@@ -238,8 +287,9 @@ def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
             "SELECT * FROM posts WHERE created_at >= %(start)s AND created_at < %(end)s "
             "AND impressions >= 100 AND engagements <= impressions "
             "AND engagements::float8 / NULLIF(impressions, 0) >= 0.06",
-            conn, params={"start": start, "end": end},
-        )  # fmt: skip
+            conn,
+            params={"start": start, "end": end},
+        )
     frame["rate"] = frame.engagements / frame.impressions
     frame = frame.sort_values(["rate", "id"], ascending=[False, True])
     seen, kept = set(), 0
@@ -252,14 +302,21 @@ def run_naive(url: str, start: datetime, end: datetime, queue) -> None:
             if key in seen:
                 continue
             seen.add(key)
-            example = build_example("body", system_message(row.persona_id, "body", {}), texts[0].text,
-                                    texts[1].text, texts[2].text)  # fmt: skip
-            if count_tokens(example["messages"]) > 4096:
+            example = build_example(
+                "body", system_message(row.persona_id, "body", {}), texts[0].text, texts[1].text, texts[2].text
+            )
+            if count_message_tokens(example["messages"]) > 4096:
                 continue
             out.write(json.dumps(example, ensure_ascii=False) + "\n")
             kept += 1
-    queue.put({"seconds": time.perf_counter() - started, "rss_mb": peak_rss_mb(), "rows": kept,
-               "round_trips": round_trips(counts)})  # fmt: skip
+    queue.put(
+        {
+            "seconds": time.perf_counter() - started,
+            "rss_mb": peak_rss_mb(),
+            "rows": kept,
+            "round_trips": round_trips(counts),
+        }
+    )
 
 
 def measure(target, url: str, start: datetime, end: datetime, repeat: int = 1) -> dict:
@@ -278,7 +335,7 @@ def measure(target, url: str, start: datetime, end: datetime, repeat: int = 1) -
 
 
 def explain(url: str) -> str:
-    from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window
+    from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window
 
     db = PostsDatabase(url.replace("postgresql://", "postgresql+psycopg://"))
     query = db.selection_query(Window(END - timedelta(days=7), END), SelectionRule())
@@ -310,13 +367,23 @@ def main() -> None:
                 continue
             ratio = figures["seconds"] / floor["seconds"]
             speedup = f"{naive['seconds'] / ours['seconds']:.1f}x" if naive and path == "ours" else ""
-            print(f"{name:>6} {path:>6} {figures['rows']:>9,} {figures['seconds']:>8.2f} {figures['rss_mb']:>8.0f} "
-                  f"{figures['round_trips']:>6} {ratio:>8.1f}x {speedup:>10}", flush=True)  # fmt: skip
-        print(f"{'':>6} ours is {ours['seconds'] / unordered['seconds']:.1f}x floor- (the filter without ORDER BY); "
-              + "; ".join(f"{path} runs {', '.join(f'{t:.2f}' for t in figures['all_seconds'])} s"
-                          for path, figures in (("floor", floor), ("floor-", unordered), ("ours", ours))))
-        print(f"{'':>6} ours: engaged_posts {ours['engaged_seconds']:.2f} s, training_jsonl {ours['jsonl_seconds']:.2f} s, "
-              f"token estimate relative standard error {ours['token_rse']:.3%}", flush=True)  # fmt: skip
+            print(
+                f"{name:>6} {path:>6} {figures['rows']:>9,} {figures['seconds']:>8.2f} {figures['rss_mb']:>8.0f} "
+                f"{figures['round_trips']:>6} {ratio:>8.1f}x {speedup:>10}",
+                flush=True,
+            )
+        print(
+            f"{'':>6} ours is {ours['seconds'] / unordered['seconds']:.1f}x floor- (the filter without ORDER BY); "
+            + "; ".join(
+                f"{path} runs {', '.join(f'{t:.2f}' for t in figures['all_seconds'])} s"
+                for path, figures in (("floor", floor), ("floor-", unordered), ("ours", ours))
+            )
+        )
+        print(
+            f"{'':>6} ours: engaged_posts {ours['engaged_seconds']:.2f} s, training_jsonl {ours['jsonl_seconds']:.2f} s, "
+            f"token estimate relative standard error {ours['token_rse']:.3%}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

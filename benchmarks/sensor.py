@@ -20,27 +20,27 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import sqlalchemy as sa
 from dagster import build_sensor_context, instance_for_test
 
-from ftp_assets.automation import (
+from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window, posts_table
+from ftp_assets.resources import ExperimentSettings, PostsDatabaseResource
+from ftp_assets.training.sensors import (
     NEVER_TRAINED,
     DataThresholdSettings,
     NewPostsCount,
     data_threshold_sensor,
     evaluate_data_threshold,
 )
-from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window, posts_table
-from ftp_assets.resources import ExperimentSettings, PostsDatabaseResource
 
 DB = "ftp_bench"
 TOTAL_POSTS = 10_000_000
 SUBSET = "posts_newest_1m"
 SUBSET_POSTS = 1_000_000
-DATA_END = datetime(2026, 11, 22, tzinfo=timezone.utc)  # benchmarks/data_path.py's END
+DATA_END = datetime(2026, 11, 22, tzinfo=UTC)  # benchmarks/data_path.py's END
 MATURITY = timedelta(hours=24)
 INTERVALS_S = (60, 300, 3600)
 
@@ -56,8 +56,10 @@ def check_bench_database(pg: str) -> None:
     with psycopg.connect(bench_url(pg)) as conn:
         posts = conn.execute("SELECT count(*) FROM posts").fetchone()[0]
     if posts != TOTAL_POSTS:
-        raise SystemExit(f"{DB}.posts holds {posts:,} posts, not {TOTAL_POSTS:,}: rebuild it with "
-                         f"`python benchmarks/data_path.py --pg {pg} --reload`.")  # fmt: skip
+        raise SystemExit(
+            f"{DB}.posts holds {posts:,} posts, not {TOTAL_POSTS:,}: rebuild it with "
+            f"`python benchmarks/data_path.py --pg {pg} --reload`."
+        )
 
 
 def ensure_subset(pg: str) -> None:
@@ -92,8 +94,9 @@ def steady_ticks(db: PostsDatabase, instance, ticks: int, interval: timedelta) -
     timings = []
     for _ in range(ticks):
         started = time.perf_counter()
-        evaluation = evaluate_data_threshold(instance, db, "hook", cursor.to_json(), now=now, maturity=MATURITY,
-                                             settings=settings)  # fmt: skip
+        evaluation = evaluate_data_threshold(
+            instance, db, "hook", cursor.to_json(), now=now, maturity=MATURITY, settings=settings
+        )
         timings.append(time.perf_counter() - started)
         cursor, now = evaluation.count, now + interval
     return timings, cursor.count / ticks
@@ -110,21 +113,28 @@ def main() -> None:
     tables = {"10 M posts": "posts", "1 M posts": SUBSET}
 
     with instance_for_test() as instance:
-        print(f"Data-threshold sensor tick (instance look-up + count of the newly matured slice), "
-              f"{args.ticks} ticks each, warm cache:")  # fmt: skip
+        print(
+            f"Data-threshold sensor tick (instance look-up + count of the newly matured slice), "
+            f"{args.ticks} ticks each, warm cache:"
+        )
         for interval_s in INTERVALS_S:
             for label, table in tables.items():
                 db = PostsDatabase(url, table)
                 timings, per_tick = steady_ticks(db, instance, args.ticks, timedelta(seconds=interval_s))
-                print(f"  {label:>10}, ticks {interval_s:>4} s apart (~{per_tick:,.0f} qualifying posts each): "
-                      f"{summary(timings)}")  # fmt: skip
+                print(
+                    f"  {label:>10}, ticks {interval_s:>4} s apart (~{per_tick:,.0f} qualifying posts each): "
+                    f"{summary(timings)}"
+                )
 
         db = PostsDatabase(url)
         started = time.perf_counter()
-        first = evaluate_data_threshold(instance, db, "hook", None, now=DATA_END, maturity=MATURITY,
-                                        settings=DataThresholdSettings())  # fmt: skip
-        print(f"One-off first tick of a never-trained task at 10 M (counts a 7-day window, "
-              f"{first.count.count:,} qualifying posts): {(time.perf_counter() - started) * 1000:,.0f} ms")  # fmt: skip
+        first = evaluate_data_threshold(
+            instance, db, "hook", None, now=DATA_END, maturity=MATURITY, settings=DataThresholdSettings()
+        )
+        print(
+            f"One-off first tick of a never-trained task at 10 M (counts a 7-day window, "
+            f"{first.count.count:,} qualifying posts): {(time.perf_counter() - started) * 1000:,.0f} ms"
+        )
 
         # The sensor itself as the daemon calls it, resources included, on the real clock (past the
         # data's end, so its slices are empty: this is the overhead around the count above).
@@ -137,14 +147,19 @@ def main() -> None:
                 cursor = sensor(context).cursor
             whole.append(time.perf_counter() - started)
         whole = whole[1:]
-        print(f"Whole sensor evaluation (build_sensor_context; opens the posts resource: engine, connection, "
-              f"table check):\n  {summary(whole)}")  # fmt: skip
+        print(
+            f"Whole sensor evaluation (build_sensor_context; opens the posts resource: engine, connection, "
+            f"table check):\n  {summary(whole)}"
+        )
 
     # The plan of the count exactly as the sensor sends it.
     db = PostsDatabase(url)
     statements = []
-    sa.event.listen(db.engine, "before_cursor_execute",
-                    lambda conn, cursor, statement, parameters, *_: statements.append((statement, parameters)))  # fmt: skip
+    sa.event.listen(
+        db.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, parameters, *_: statements.append((statement, parameters)),
+    )
     slice_end = DATA_END - timedelta(days=2)
     db.count_qualifying(Window(slice_end - timedelta(seconds=300), slice_end), SelectionRule())
     statement, parameters = next((st, pa) for st, pa in statements if "count(" in st)

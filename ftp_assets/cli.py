@@ -3,26 +3,65 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import sys
+from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
+from types import ModuleType
+
+from packaging.requirements import Requirement
 
 from ftp_assets.domain.dataset import TASKS
 from ftp_assets.home import home_path
 from ftp_assets.resources import LOCAL_OPENAI_PORT
 
+LOCAL_EXTRA = "local"
+
+
+def missing_requirements(extra: str) -> list[str]:
+    """The requirements of one of this project's extras that are not installed here."""
+    missing = []
+    for line in metadata.requires("ftp_assets") or []:
+        requirement = Requirement(line)
+        if requirement.marker is None or not requirement.marker.evaluate({"extra": extra}):
+            continue
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            missing.append(requirement.name)
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            missing.append(f"{requirement.name} {requirement.specifier} (found {installed})")
+    return missing
+
+
+def _from_local_extra(module: str, command: str) -> ModuleType:
+    """A module of the local service or the demo, which the production image does not carry."""
+    from ftp_assets.errors import UserError
+
+    missing = missing_requirements(LOCAL_EXTRA)
+    if missing or importlib.util.find_spec(module.split(".")[0]) is None:
+        raise UserError(
+            f"`ftp {command}` needs the project's local extra ({', '.join(missing) or module} missing): "
+            "run `pip install -e '.[local]'` in the project's folder (`make demo` does)."
+        )
+    return importlib.import_module(module)
+
 
 def _posts_db():
-    from ftp_assets.posts_db import PostsDatabase
+    from ftp_assets.adapters.posts_db import PostsDatabase
     from ftp_assets.resources import default_posts_db_url
 
-    return PostsDatabase(os.environ.get("FTP_POSTS_DB_URL") or default_posts_db_url(),
-                         os.environ.get("FTP_POSTS_TABLE", "posts"))  # fmt: skip
+    return PostsDatabase(
+        os.environ.get("FTP_POSTS_DB_URL") or default_posts_db_url(), os.environ.get("FTP_POSTS_TABLE", "posts")
+    )
 
 
 def cmd_db_init(args: argparse.Namespace) -> None:
-    from ftp_assets.experiments_db import ExperimentStore
+    from ftp_assets.adapters.experiments_store import ExperimentStore
 
     db = _posts_db()
     experiments = ExperimentStore(db.engine)
@@ -35,12 +74,14 @@ def cmd_db_init(args: argparse.Namespace) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
-    from ftp_assets.demo import load_demo_posts
     from ftp_assets.errors import UserError
 
+    load_demo_posts = _from_local_extra("ftp_demo.cycle", "demo-data").load_demo_posts
     if os.environ.get("FTP_POSTS_DB_URL") and not args.force:
-        raise UserError("FTP_POSTS_DB_URL is set and may be the agent's production database: "
-                        "add --force to write synthetic posts into it anyway.")  # fmt: skip
+        raise UserError(
+            "FTP_POSTS_DB_URL is set and may be the agent's production database: "
+            "add --force to write synthetic posts into it anyway."
+        )
     db = _posts_db()
     db.init_schema()
     inserted = load_demo_posts(db, posts=args.posts, seed=args.seed)
@@ -48,32 +89,33 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from ftp_assets.demo import run_demo
-
-    run_demo(posts=args.posts, seed=args.seed)
+    _from_local_extra("ftp_demo.cycle", "demo").run_demo(posts=args.posts, seed=args.seed)
 
 
 def cmd_local_openai(args: argparse.Namespace) -> None:
-    from ftp_assets.local_openai import serve
     from ftp_assets.resources import LOCAL_OPENAI_API_KEY
 
+    serve = _from_local_extra("ftp_local_openai", "local-openai").serve
+
     state_dir = Path(args.state_dir) if args.state_dir else home_path("local_openai")
-    print(f"Local OpenAI-compatible service on http://{args.host}:{args.port}/v1, key {LOCAL_OPENAI_API_KEY!r}, "
-          f"state in {state_dir}. Ctrl-C stops it; jobs in flight resume at the next start.")  # fmt: skip
+    print(
+        f"Local OpenAI-compatible service on http://{args.host}:{args.port}/v1, key {LOCAL_OPENAI_API_KEY!r}, "
+        f"state in {state_dir}. Ctrl-C stops it; jobs in flight resume at the next start."
+    )
     serve(args.host, args.port, state_dir, LOCAL_OPENAI_API_KEY)
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
+    from ftp_assets.experiment.jobs import rollback_champion_of
     from ftp_assets.resources import MlflowResource
-    from ftp_assets.rollback import rollback_champion_of
 
     print(rollback_champion_of(MlflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")), args.task))
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    from ftp_assets.ui import serve_uis
-
-    serve_uis(dagster_port=args.dagster_port, mlflow_port=args.mlflow_port, openai_port=args.openai_port)
+    _from_local_extra("ftp_demo.ui", "ui").serve_uis(
+        dagster_port=args.dagster_port, mlflow_port=args.mlflow_port, openai_port=args.openai_port
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     db = commands.add_parser("db", help="the posts database").add_subparsers(dest="db_command", required=True)
-    init = db.add_parser("init", help="create the posts and experiments tables and their indexes if missing (idempotent)")
+    init = db.add_parser(
+        "init", help="create the posts and experiments tables and their indexes if missing (idempotent)"
+    )
     init.add_argument("--print-sql", action="store_true", help="print the DDL for the database instead")
     init.set_defaults(func=cmd_db_init)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dagster import Failure
 
-from ftp_assets.mlflow_registry import RegistryError
-from ftp_assets.posts_db import PostsDatabaseError
+from ftp_assets.adapters.mlflow_registry import RegistryError
+from ftp_assets.adapters.posts_db import PostsDatabaseError
 
 
 class UserError(Exception):

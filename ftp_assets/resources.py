@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import Field, PrivateAttr
 
+from ftp_assets.adapters.posts_db import PostsDatabase, redacted
 from ftp_assets.home import ftp_home, home_path
-from ftp_assets.posts_db import PostsDatabase, redacted
 
 if TYPE_CHECKING:
-    from ftp_assets.experiments_db import ExperimentStore
+    from ftp_assets.adapters.experiments_store import ExperimentStore
 
 
 def default_posts_db_url() -> str:
@@ -29,7 +29,7 @@ class PostsDatabaseResource(ConfigurableResource):
     table: str = "posts"
 
     _db: PostsDatabase | None = PrivateAttr(default=None)
-    _experiments: "ExperimentStore | None" = PrivateAttr(default=None)
+    _experiments: ExperimentStore | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._db = None
@@ -45,10 +45,10 @@ class PostsDatabaseResource(ConfigurableResource):
             self._db.check_table()
         return self._db
 
-    def experiments(self) -> "ExperimentStore":
+    def experiments(self) -> ExperimentStore:
         """Our experiments table beside the posts, created if missing (checked once)."""
         if self._experiments is None:
-            from ftp_assets.experiments_db import ExperimentStore
+            from ftp_assets.adapters.experiments_store import ExperimentStore
 
             self._experiments = ExperimentStore(self.open().engine)
             self._experiments.init_schema()
@@ -107,7 +107,7 @@ class MlflowResource(ConfigurableResource):
     tracking_uri: str = ""
 
     def resolved_uri(self) -> str:
-        from ftp_assets.mlflow_registry import local_tracking_uri
+        from ftp_assets.adapters.mlflow_registry import local_tracking_uri
 
         return self.tracking_uri or local_tracking_uri(home_path("mlflow"))
 

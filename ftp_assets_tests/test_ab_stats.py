@@ -18,12 +18,6 @@ from statsmodels.stats._delta_method import NonlinearDeltaCov
 from statsmodels.stats.proportion import proportions_ztest
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-from ftp_assets.domain.ab_simulation import (
-    AudienceModel,
-    ExperimentDesign,
-    planned_total_posts,
-    simulate_experiments,
-)
 from ftp_assets.domain.ab_stats import (
     Analysis,
     ArmStats,
@@ -32,6 +26,12 @@ from ftp_assets.domain.ab_stats import (
     decide,
     required_sample_total,
     sample_ratio_mismatch_p_value,
+)
+from ftp_demo.ab_simulation import (
+    AudienceModel,
+    ExperimentDesign,
+    planned_total_posts,
+    simulate_experiments,
 )
 
 START = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)

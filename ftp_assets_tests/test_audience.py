@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftp_assets.domain.audience import (
+from ftp_demo.audience import (
     FEATURE_EFFECTS,
     PERSONAS,
     engagement_features,
     expected_engagement_rate,
     simulate_reactions,
 )
-from ftp_assets.domain.demo_posts import (
+from ftp_demo.posts import (
     ABSURD_IMPRESSIONS,
     DIRTY_KINDS,
     VERY_LONG_TEXT_MIN_CHARS,
@@ -32,10 +32,18 @@ from ftp_assets.domain.demo_posts import (
     write_post,
 )
 
-END = datetime(2025, 6, 2, 9, 0, tzinfo=timezone.utc)
+END = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
 CONTRACT_COLUMNS = {
-    "id", "persona_id", "original_input", "hook", "body", "created_at",
-    "impressions", "engagements", "hook_model", "body_model",
+    "id",
+    "persona_id",
+    "original_input",
+    "hook",
+    "body",
+    "created_at",
+    "impressions",
+    "engagements",
+    "hook_model",
+    "body_model",
 }
 PLAIN_HOOK = "I changed how I think about cold email."  # 39 characters: in the sweet spot
 PLAIN_BODY = "For years I got cold email wrong. Simple, not easy."
@@ -208,13 +216,17 @@ def _has_defect(kind, row, earlier_clean_rows):
             for r in earlier_clean_rows
         ),
         "very_long_text": lambda: min(len(row["hook"]), len(row["body"])) > VERY_LONG_TEXT_MIN_CHARS,
-        "odd_unicode": lambda: "\u200d" in hook_and_body
-        and "\u200f" in hook_and_body
-        and not unicodedata.is_normalized("NFC", hook_and_body),
+        "odd_unicode": lambda: (
+            "\u200d" in hook_and_body
+            and "\u200f" in hook_and_body
+            and not unicodedata.is_normalized("NFC", hook_and_body)
+        ),
         "email_in_text": lambda: re.search(r"\w@\w+\.\w", hook_and_body) is not None,
         "phone_in_text": lambda: re.search(r"\d(?:[ ()+-]{0,2}\d){6}", hook_and_body) is not None,
         "prompt_injection": lambda: any(
-            re.search(r"\b(?:ignore|disregard|forget)\b.*\b(?:instructions|rules|guidelines)\b|developer mode", t or "", re.I)
+            re.search(
+                r"\b(?:ignore|disregard|forget)\b.*\b(?:instructions|rules|guidelines)\b|developer mode", t or "", re.I
+            )
             for t in texts
         ),
     }

@@ -5,7 +5,7 @@ PostgreSQL database (and SQLite once)."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from dagster import (
@@ -24,18 +24,26 @@ from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobO
 from dagster._utils.schedules import cron_string_iterator
 from dagster_openai import OpenAIResource
 
-from ftp_assets import automation
-from ftp_assets.assets import data, fine_tuning
-from ftp_assets.automation import DataThresholdSettings, NewPostsCount, evaluate_data_threshold
-from ftp_assets.experiments_db import ExperimentStore
-from ftp_assets.mlflow_registry import local_tracking_uri
-from ftp_assets.posts_db import PostsDatabase
+from ftp_assets.adapters.experiments_store import ExperimentStore
+from ftp_assets.adapters.mlflow_registry import local_tracking_uri
+from ftp_assets.adapters.posts_db import PostsDatabase
+from ftp_assets.data.assets import engaged_posts, training_jsonl
+from ftp_assets.data.checks import enough_examples, valid_format
+from ftp_assets.experiment.sensors import experiment_evaluation_sensor
 from ftp_assets.resources import (
     DatasetStorage,
     ExperimentSettings,
     FineTuningSettings,
     MlflowResource,
     PostsDatabaseResource,
+)
+from ftp_assets.training.assets import fine_tuned_model
+from ftp_assets.training.schedules import weekly_training_schedule
+from ftp_assets.training.sensors import (
+    DataThresholdSettings,
+    NewPostsCount,
+    data_threshold_sensor,
+    evaluate_data_threshold,
 )
 from ftp_assets_tests.corpus import clean_posts, post
 
@@ -58,8 +66,10 @@ def qualifying(first_id: int, count: int, created_at: datetime) -> list[dict]:
 def left_out(first_id: int, created_at: datetime) -> list[dict]:
     """One post for each reason the selection leaves a post out."""
     counts = [(1_000, 10), (50, 40), (0, 0), (100, 500), (-5, 1), (10**12, 10**11)]
-    return [post(first_id + n, "h", "b", impressions=i, engagements=e, created_at=created_at)
-            for n, (i, e) in enumerate(counts)]  # fmt: skip
+    return [
+        post(first_id + n, "h", "b", impressions=i, engagements=e, created_at=created_at)
+        for n, (i, e) in enumerate(counts)
+    ]
 
 
 @pytest.fixture
@@ -75,22 +85,31 @@ def instance():
         yield instance
 
 
-def tick(sensor, instance: DagsterInstance, url: str, cursor: str | None, maturity_hours: float = 1.0,
-         max_duration_hours: float = 168.0):  # fmt: skip
-    resources = {"posts_db": PostsDatabaseResource(url=url),
-                 "experiment_settings": ExperimentSettings(maturity_hours=maturity_hours,
-                                                           max_duration_hours=max_duration_hours)}  # fmt: skip
+def tick(
+    sensor,
+    instance: DagsterInstance,
+    url: str,
+    cursor: str | None,
+    maturity_hours: float = 1.0,
+    max_duration_hours: float = 168.0,
+):
+    resources = {
+        "posts_db": PostsDatabaseResource(url=url),
+        "experiment_settings": ExperimentSettings(maturity_hours=maturity_hours, max_duration_hours=max_duration_hours),
+    }
     with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         return sensor(context)
 
 
 def add_run(instance: DagsterInstance, job_name: str, task: str, status: DagsterRunStatus) -> DagsterRun:
     """A run record as the daemon stores it (a queued run must say where its job lives)."""
-    origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("ftp_assets"), "__repository__"),
-                             job_name)  # fmt: skip
+    origin = RemoteJobOrigin(
+        RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("ftp_assets"), "__repository__"), job_name
+    )
     tags = {"dagster/partition": task, TAG: task}
-    return instance.add_run(DagsterRun(job_name=job_name, run_id=uuid.uuid4().hex, status=status, tags=tags,
-                                       remote_job_origin=origin))  # fmt: skip
+    return instance.add_run(
+        DagsterRun(job_name=job_name, run_id=uuid.uuid4().hex, status=status, tags=tags, remote_job_origin=origin)
+    )
 
 
 def window_end(request: RunRequest) -> datetime:
@@ -103,13 +122,14 @@ def window_end(request: RunRequest) -> datetime:
 def test_weekly_schedule_trains_each_task_on_the_week_ending_at_its_tick():
     repository = definitions().get_repository_def()
     schedule = repository.get_schedule_def("weekly_training")
-    after_wednesday = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
-    next_tick = next(cron_string_iterator(after_wednesday.timestamp(), schedule.cron_schedule,
-                                          schedule.execution_timezone))  # fmt: skip
-    assert next_tick == datetime(2026, 11, 29, 2, tzinfo=timezone.utc)  # Sunday 02:00 UTC
+    after_wednesday = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    next_tick = next(
+        cron_string_iterator(after_wednesday.timestamp(), schedule.cron_schedule, schedule.execution_timezone)
+    )
+    assert next_tick == datetime(2026, 11, 29, 2, tzinfo=UTC)  # Sunday 02:00 UTC
 
     # A late evaluation of last Sunday's tick reads last Sunday's week, not the present one.
-    sunday = datetime(2026, 11, 22, 2, tzinfo=timezone.utc)
+    sunday = datetime(2026, 11, 22, 2, tzinfo=UTC)
 
     def evaluate(tick: datetime) -> list[RunRequest]:
         # As the daemon does, checking each request against the job (partition keys included).
@@ -133,16 +153,16 @@ def test_weekly_schedule_trains_each_task_on_the_week_ending_at_its_tick():
 def test_schedule_cron_and_timezone_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("FTP_TRAINING_CRON", "30 5 * * 1")
     monkeypatch.setenv("FTP_TRAINING_TIMEZONE", "Europe/Paris")
-    schedule = automation.weekly_training_schedule()
-    after = datetime(2026, 11, 25, tzinfo=timezone.utc)
+    schedule = weekly_training_schedule()
+    after = datetime(2026, 11, 25, tzinfo=UTC)
     next_tick = next(cron_string_iterator(after.timestamp(), schedule.cron_schedule, schedule.execution_timezone))
-    assert next_tick.astimezone(timezone.utc) == datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc)
+    assert next_tick.astimezone(UTC) == datetime(2026, 11, 30, 4, 30, tzinfo=UTC)
     request = schedule(build_schedule_context(scheduled_execution_time=next_tick))[0]
-    assert window_end(request) == datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc)
+    assert window_end(request) == datetime(2026, 11, 30, 4, 30, tzinfo=UTC)
 
     monkeypatch.setenv("FTP_TRAINING_CRON", "every sunday")
     with pytest.raises(DagsterInvalidDefinitionError, match="every sunday"):
-        automation.weekly_training_schedule()
+        weekly_training_schedule()
 
 
 # --- the data-threshold sensor -------------------------------------------------------------
@@ -152,21 +172,24 @@ def test_crossing_the_threshold_requests_exactly_one_training(posts_url, instanc
     monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "10")
     db = PostsDatabase(posts_url)
     db.init_schema()
-    sensor = automation.data_threshold_sensor("hook")
-    now = datetime.now(timezone.utc)
-    db.insert_posts(qualifying(1, 6, now - timedelta(hours=2)) + left_out(100, now - timedelta(hours=2))
-                    + qualifying(200, 10, now - timedelta(minutes=10)))  # fmt: skip
+    sensor = data_threshold_sensor("hook")
+    now = datetime.now(UTC)
+    db.insert_posts(
+        qualifying(1, 6, now - timedelta(hours=2))
+        + left_out(100, now - timedelta(hours=2))
+        + qualifying(200, 10, now - timedelta(minutes=10))
+    )
 
     first = tick(sensor, instance, posts_url, cursor=None)
     assert not first.run_requests
     assert "6/10 new qualifying posts" in first.skip_reason.skip_message
 
     # Four more mature; the ten recent posts (younger than the 1-hour maturity) are not counted.
-    db.insert_posts(qualifying(300, 4, datetime.now(timezone.utc) - timedelta(hours=1)))
+    db.insert_posts(qualifying(300, 4, datetime.now(UTC) - timedelta(hours=1)))
     second = tick(sensor, instance, posts_url, cursor=first.cursor)
     (request,) = second.run_requests
     assert request.partition_key == "hook" and request.tags[TAG] == "hook"
-    assert now <= window_end(request) <= datetime.now(timezone.utc)
+    assert now <= window_end(request) <= datetime.now(UTC)
     assert validate_run_config(definitions().get_repository_def().get_job("training_cycle"), request.run_config)
     assert NewPostsCount.from_json(second.cursor).count == 10
 
@@ -179,8 +202,8 @@ def test_crossing_the_threshold_requests_exactly_one_training(posts_url, instanc
 
 def test_no_training_while_one_of_the_task_is_in_progress(posts, pg_posts_url, instance, monkeypatch):
     monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "5")
-    posts.insert_posts(qualifying(1, 5, datetime.now(timezone.utc) - timedelta(hours=2)))
-    sensor = automation.data_threshold_sensor("hook")
+    posts.insert_posts(qualifying(1, 5, datetime.now(UTC) - timedelta(hours=2)))
+    sensor = data_threshold_sensor("hook")
     # Neither another task's training nor an evaluation of this task holds it back...
     add_run(instance, "training_cycle", "body", DagsterRunStatus.STARTED)
     add_run(instance, "experiment_evaluation", "hook", DagsterRunStatus.STARTED)
@@ -201,10 +224,11 @@ def test_after_a_training_the_count_restarts_at_its_window_end_and_waits_the_int
 ):
     """A real training in between: the sensor finds it in the instance by itself."""
     monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "10")
-    start = datetime.now(timezone.utc)
-    posts.insert_posts([{**row, "created_at": start - timedelta(days=2, minutes=i)}
-                        for i, row in enumerate(clean_posts(150))])  # fmt: skip
-    first = tick(automation.data_threshold_sensor("hook"), instance, pg_posts_url, cursor=None, maturity_hours=24)
+    start = datetime.now(UTC)
+    posts.insert_posts(
+        [{**row, "created_at": start - timedelta(days=2, minutes=i)} for i, row in enumerate(clean_posts(150))]
+    )
+    first = tick(data_threshold_sensor("hook"), instance, pg_posts_url, cursor=None, maturity_hours=24)
     (request,) = first.run_requests
     assert request.run_key == "hook-data-after-never"
 
@@ -217,21 +241,34 @@ def test_after_a_training_the_count_restarts_at_its_window_end_and_waits_the_int
         "mlflow": MlflowResource(tracking_uri=local_tracking_uri(tmp_path / "mlflow")),
         "experiment_settings": ExperimentSettings(),
     }
-    training = [data.engaged_posts, data.training_jsonl, data.enough_examples, data.valid_format,
-                fine_tuning.fine_tuned_model]  # fmt: skip
-    trained = materialize(training, partition_key="hook", run_config=request.run_config, tags=request.tags,
-                          resources=resources, instance=instance)  # fmt: skip
+    training = [engaged_posts, training_jsonl, enough_examples, valid_format, fine_tuned_model]
+    trained = materialize(
+        training,
+        partition_key="hook",
+        run_config=request.run_config,
+        tags=request.tags,
+        resources=resources,
+        instance=instance,
+    )
     assert trained.success
 
     # Posts the training read do not count again; the 12 published after its window do.
     window = window_end(request)
-    posts.insert_posts(qualifying(10_000, 5, window - timedelta(hours=1))
-                       + qualifying(20_000, 12, window + timedelta(hours=1)))  # fmt: skip
+    posts.insert_posts(
+        qualifying(10_000, 5, window - timedelta(hours=1)) + qualifying(20_000, 12, window + timedelta(hours=1))
+    )
     settings = DataThresholdSettings(threshold=10, min_interval=timedelta(hours=48))
 
     def evaluate(hours_later: float, cursor: str):
-        return evaluate_data_threshold(instance, posts, "hook", cursor, now=window + timedelta(hours=hours_later),
-                                       maturity=timedelta(hours=24), settings=settings)  # fmt: skip
+        return evaluate_data_threshold(
+            instance,
+            posts,
+            "hook",
+            cursor,
+            now=window + timedelta(hours=hours_later),
+            maturity=timedelta(hours=24),
+            settings=settings,
+        )
 
     too_soon = evaluate(26, first.cursor)
     assert too_soon.count.count == 12 and too_soon.run_request is None
@@ -240,8 +277,9 @@ def test_after_a_training_the_count_restarts_at_its_window_end_and_waits_the_int
     assert later.count.count == 12
     assert later.run_request.run_key != request.run_key and later.run_request.run_key.startswith("hook-data-after-")
     # The body model was never trained: its count is its own.
-    body = evaluate_data_threshold(instance, posts, "body", None, now=window + timedelta(hours=26),
-                                   maturity=timedelta(hours=24), settings=settings)  # fmt: skip
+    body = evaluate_data_threshold(
+        instance, posts, "body", None, now=window + timedelta(hours=26), maturity=timedelta(hours=24), settings=settings
+    )
     assert body.count.count == 150 + 5 + 12
 
 
@@ -251,7 +289,7 @@ def test_settings_from_the_environment_are_checked(monkeypatch):
     assert DataThresholdSettings.from_env() == DataThresholdSettings(threshold=250, min_interval=timedelta(minutes=30))
     monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "lots")
     with pytest.raises(ValueError, match="FTP_TRAINING_NEW_POSTS_THRESHOLD must be a positive int, got 'lots'"):
-        automation.data_threshold_sensor("hook")
+        data_threshold_sensor("hook")
 
 
 # --- the experiment sensor -----------------------------------------------------------------
@@ -263,19 +301,27 @@ def arm_posts(first_id: int, created_at: datetime, count: int = 4) -> list[dict]
 
 
 def test_experiment_sensor_evaluates_only_when_new_matured_outcomes_arrive(posts, pg_posts_url, instance):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     store = ExperimentStore(posts.engine)
     store.init_schema()
-    experiment = store.start(task="hook", champion_model=CHAMPION, challenger_model=CHALLENGER, challenger_share=0.1,
-                             started_at=now - timedelta(days=3), registry_version="1")  # fmt: skip
-    sensor = automation.experiment_evaluation_sensor()
+    experiment = store.start(
+        task="hook",
+        champion_model=CHAMPION,
+        challenger_model=CHALLENGER,
+        challenger_share=0.1,
+        started_at=now - timedelta(days=3),
+        registry_version="1",
+    )
+    sensor = experiment_evaluation_sensor()
 
     def evaluate(cursor):
         return tick(sensor, instance, pg_posts_url, cursor, maturity_hours=24)
 
     # Posts from before the experiment, or by other models, are no outcome of it.
-    posts.insert_posts(arm_posts(1, now - timedelta(days=4))
-                       + [{**row, "hook_model": "someone-else"} for row in qualifying(10, 3, now - timedelta(days=2))])
+    posts.insert_posts(
+        arm_posts(1, now - timedelta(days=4))
+        + [{**row, "hook_model": "someone-else"} for row in qualifying(10, 3, now - timedelta(days=2))]
+    )
     empty = evaluate(None)
     assert not empty.run_requests
     assert f"hook: no new matured outcome for {experiment.experiment_id}" in empty.skip_reason.skip_message
@@ -287,7 +333,7 @@ def test_experiment_sensor_evaluates_only_when_new_matured_outcomes_arrive(posts
     assert first.partition_key == "hook"
     config = first.run_config["ops"]["ab_test_result"]["config"]
     assert config["experiment_id"] == experiment.experiment_id
-    assert now <= datetime.fromisoformat(config["evaluated_at"]) <= datetime.now(timezone.utc)
+    assert now <= datetime.fromisoformat(config["evaluated_at"]) <= datetime.now(UTC)
     assert validate_run_config(definitions().get_repository_def().get_job("experiment_evaluation"), first.run_config)
 
     # Nothing new, or only posts still gathering reactions: no evaluation.
@@ -304,12 +350,18 @@ def test_experiment_sensor_evaluates_only_when_new_matured_outcomes_arrive(posts
 def test_experiment_sensor_closes_an_experiment_whose_outcomes_stopped(posts, pg_posts_url, instance):
     """Past its maximum duration an experiment is evaluated once more even without new posts,
     so the decision rule can reject it instead of leaving it running for ever."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     store = ExperimentStore(posts.engine)
     store.init_schema()
-    experiment = store.start(task="hook", champion_model=CHAMPION, challenger_model=CHALLENGER, challenger_share=0.1,
-                             started_at=now - timedelta(hours=10), registry_version="1")  # fmt: skip
-    sensor = automation.experiment_evaluation_sensor()
+    experiment = store.start(
+        task="hook",
+        champion_model=CHAMPION,
+        challenger_model=CHALLENGER,
+        challenger_share=0.1,
+        started_at=now - timedelta(hours=10),
+        registry_version="1",
+    )
+    sensor = experiment_evaluation_sensor()
     within = tick(sensor, instance, pg_posts_url, None, maturity_hours=24, max_duration_hours=24)
     assert not within.run_requests
     overdue = tick(sensor, instance, pg_posts_url, within.cursor, maturity_hours=24, max_duration_hours=8)

@@ -18,8 +18,10 @@ def test_help_lists_every_command():
     "url, message",
     [
         ("not a url", "ftp: FTP_POSTS_DB_URL is not a valid SQLAlchemy URL"),
-        ("postgresql://agent:hunter2@127.0.0.1:1/posts", "ftp: Cannot connect to the posts database at "
-                                                          "postgresql+psycopg://agent:***@127.0.0.1:1/posts"),
+        (
+            "postgresql://agent:hunter2@127.0.0.1:1/posts",
+            "ftp: Cannot connect to the posts database at postgresql+psycopg://agent:***@127.0.0.1:1/posts",
+        ),
     ],
 )
 def test_bad_database_url_is_one_clear_sentence(monkeypatch, capsys, url, message):

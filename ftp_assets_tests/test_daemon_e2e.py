@@ -23,7 +23,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,7 +33,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from psycopg.conninfo import conninfo_to_dict
 
-from ftp_assets.posts_db import PostsDatabase
+from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets_tests.corpus import clean_posts
 
 pytestmark = pytest.mark.slow
@@ -52,8 +52,14 @@ def running(command: list[str], env: dict[str, str], log: Path) -> Iterator[subp
     (``env --default-signal`` undoes an ignored SIGINT/SIGTERM inherited from the caller). It must
     stop by itself, children included (code servers, run workers), within the timeout."""
     with log.open("wb") as output:
-        process = subprocess.Popen(["env", "--default-signal=INT,TERM", *command], cwd=ROOT, env=env,
-                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            ["env", "--default-signal=INT,TERM", *command],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield process
     finally:
@@ -123,48 +129,72 @@ def test_daemon_sensor_launches_a_training_that_succeeds(
     shutil.copy(ROOT / "deploy" / "dagster.yaml", Path(dagster_env["DAGSTER_HOME"]) / "dagster.yaml")
     server = conninfo_to_dict(pg_database)
     settings = {
-        "DAGSTER_PG_HOST": server["host"], "DAGSTER_PG_PORT": str(server.get("port", 5432)),
-        "DAGSTER_PG_USER": server["user"], "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": server["dbname"],
+        "DAGSTER_PG_HOST": server["host"],
+        "DAGSTER_PG_PORT": str(server.get("port", 5432)),
+        "DAGSTER_PG_USER": server["user"],
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": server["dbname"],
         "FTP_POSTS_DB_URL": pg_posts_url,
-        "OPENAI_API_KEY": local_openai.api_key, "OPENAI_BASE_URL": local_openai.base_url,
+        "OPENAI_API_KEY": local_openai.api_key,
+        "OPENAI_BASE_URL": local_openai.base_url,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "FTP_DATASETS_DIR": str(tmp_path / "datasets"),
         "FTP_TRAINING_NEW_POSTS_THRESHOLD": str(THRESHOLD),
         "FTP_TRAINING_SENSOR_INTERVAL_SECONDS": "5",
-    }  # fmt: skip
+    }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     env = {**dagster_env, **settings}
 
     posts = PostsDatabase(pg_posts_url)
     posts.init_schema()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # 100 posts have matured (older than the default 24-hour maturity): below the threshold.
-    posts.insert_posts([{**row, "created_at": now - timedelta(hours=30, minutes=i)}
-                        for i, row in enumerate(clean_posts(100))])  # fmt: skip
+    posts.insert_posts(
+        [{**row, "created_at": now - timedelta(hours=30, minutes=i)} for i, row in enumerate(clean_posts(100))]
+    )
 
     log = tmp_path / "daemon.log"
-    start = subprocess.run([str(BIN / "dagster"), "sensor", "start", SENSOR, "-w", "workspace.yaml"],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    start = subprocess.run(
+        [str(BIN / "dagster"), "sensor", "start", SENSOR, "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert start.returncode == 0, start.stdout + start.stderr
     with DagsterInstance.get() as instance:
         with running([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, log) as daemon:
-            skipped = wait_for("a skipped tick", lambda: [
-                t for t in sensor_ticks(instance) if t.status == TickStatus.SKIPPED
-            ], timeout=60, log=log)  # fmt: skip
+            skipped = wait_for(
+                "a skipped tick",
+                lambda: [t for t in sensor_ticks(instance) if t.status == TickStatus.SKIPPED],
+                timeout=60,
+                log=log,
+            )
             assert f"100/{THRESHOLD} new qualifying posts" in skipped[0].skip_reason
             assert not instance.get_runs(RunsFilter(job_name="training_cycle"))
 
             # 60 more posts, published just under a day ago: they mature within seconds.
-            published = datetime.now(timezone.utc) - timedelta(hours=24) + timedelta(seconds=2)
+            published = datetime.now(UTC) - timedelta(hours=24) + timedelta(seconds=2)
             posts.insert_posts([{**row, "created_at": published} for row in clean_posts(60, first_id=5_000)])
-            (run,) = wait_for("the sensor's training run to finish", lambda: finished_training(instance),
-                              timeout=150, log=log, interval=2)  # fmt: skip
+            (run,) = wait_for(
+                "the sensor's training run to finish",
+                lambda: finished_training(instance),
+                timeout=150,
+                log=log,
+                interval=2,
+            )
             assert run.status == DagsterRunStatus.SUCCESS, failure_messages(instance, run.run_id)
             # The training is the sensor's new baseline: the posts it read no longer count.
-            wait_for("a tick counting from the training on", lambda: [
-                t for t in sensor_ticks(instance) if (t.skip_reason or "").startswith(f"hook: 0/{THRESHOLD} ")
-            ], timeout=60, log=log)  # fmt: skip
+            wait_for(
+                "a tick counting from the training on",
+                lambda: [
+                    t for t in sensor_ticks(instance) if (t.skip_reason or "").startswith(f"hook: 0/{THRESHOLD} ")
+                ],
+                timeout=60,
+                log=log,
+            )
             assert daemon.poll() is None
 
         assert run.tags["dagster/sensor_name"] == SENSOR and run.tags["ftp/fine-tune-task"] == "hook"
@@ -190,8 +220,9 @@ LISTING = """
 
 
 def graphql(url: str, query: str) -> dict:
-    request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{url}/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
     with direct.open(request, timeout=10) as response:
         return json.load(response)
@@ -218,8 +249,12 @@ def test_webserver_lists_the_schedule_and_sensors(dagster_env, tmp_path):
 
     assert repository["location"]["name"] == "ftp_assets"
     (schedule,) = repository["schedules"]
-    assert schedule == {"name": "weekly_training", "cronSchedule": "0 3 * * 1", "executionTimezone": "UTC",
-                        "pipelineName": "training_cycle"}  # fmt: skip
+    assert schedule == {
+        "name": "weekly_training",
+        "cronSchedule": "0 3 * * 1",
+        "executionTimezone": "UTC",
+        "pipelineName": "training_cycle",
+    }
     sensors = {s["name"]: (s["targets"][0]["pipelineName"], s["minIntervalSeconds"]) for s in repository["sensors"]}
     assert sensors == {
         "hook_data_threshold_sensor": ("training_cycle", 300),

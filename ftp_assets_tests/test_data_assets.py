@@ -2,19 +2,20 @@
 
 import json
 import uuid
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pyarrow.parquet as pq
 import pytest
 from dagster import instance_for_test, materialize
 
-from ftp_assets.assets import data
-from ftp_assets.data_path import REJECTION_REASONS
-from ftp_assets.posts_db import PostsDatabase
+from ftp_assets.adapters.posts_db import PostsDatabase
+from ftp_assets.data.assets import engaged_posts, training_jsonl
+from ftp_assets.data.checks import enough_examples, low_duplicate_rate, valid_format
 from ftp_assets.resources import DatasetStorage, PostsDatabaseResource
+from ftp_assets.steps.data_path import REJECTION_REASONS
 from ftp_assets_tests.corpus import DIRTY, WINDOW_END, clean_posts
 
-ASSETS = [data.engaged_posts, data.training_jsonl, data.enough_examples, data.valid_format, data.low_duplicate_rate]
+ASSETS = [engaged_posts, training_jsonl, enough_examples, valid_format, low_duplicate_rate]
 RUN_CONFIG = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoformat()}}}}
 
 
@@ -31,8 +32,10 @@ def run(url, task, instance, tmp_path, run_config=RUN_CONFIG, assets=ASSETS):
         partition_key=task,
         run_config=run_config,
         instance=instance,
-        resources={"posts_db": PostsDatabaseResource(url=url),
-                   "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets"))},  # fmt: skip
+        resources={
+            "posts_db": PostsDatabaseResource(url=url),
+            "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets")),
+        },
         raise_on_error=False,
     )
 
@@ -100,9 +103,9 @@ def test_retry_reads_the_same_rows_and_hash(tmp_path, pg_posts_url):
 
 def test_manual_run_uses_run_creation_time_not_step_time(tmp_path):
     url = f"sqlite:///{tmp_path / 'posts.sqlite3'}"
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     recent = clean_posts(120)
     for row in recent:
         row["created_at"] = now - timedelta(hours=1)
@@ -112,7 +115,7 @@ def test_manual_run_uses_run_creation_time_not_step_time(tmp_path):
         assert result.success
         engaged = result.output_for_node("engaged_posts")
         record = instance.get_run_record_by_id(result.run_id)
-    assert engaged.window_end == record.create_timestamp.astimezone(timezone.utc)
+    assert engaged.window_end == record.create_timestamp.astimezone(UTC)
     assert engaged.rows == 120
 
 
@@ -142,15 +145,21 @@ def test_user_errors_say_what_is_wrong(tmp_path, config, message):
     url = f"sqlite:///{tmp_path / 'posts.sqlite3'}"
     load(url, clean_posts(5))
     with instance_for_test() as instance:
-        result = run(url, "hook", instance, tmp_path, run_config={"ops": {"engaged_posts": {"config": config}}},
-                     assets=[data.engaged_posts])  # fmt: skip
+        result = run(
+            url,
+            "hook",
+            instance,
+            tmp_path,
+            run_config={"ops": {"engaged_posts": {"config": config}}},
+            assets=[engaged_posts],
+        )
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)
         assert message in failure.step_failure_data.error.message
 
 
 def test_missing_table_and_bad_url_are_clear(tmp_path):
-    from ftp_assets.posts_db import PostsDatabaseError
+    from ftp_assets.adapters.posts_db import PostsDatabaseError
 
     with pytest.raises(PostsDatabaseError, match="does not exist"):
         PostsDatabase(f"sqlite:///{tmp_path / 'empty.sqlite3'}").check_table()
@@ -166,10 +175,10 @@ def test_threads_and_batches_change_nothing_in_the_result(pg_posts_url, tmp_path
     the default batches, duplicates across batches included."""
     from datetime import timedelta
 
-    from ftp_assets import data_path
-    from ftp_assets.data_path import DatasetOptions, build_training_files, collect_engaged_posts
-    from ftp_assets.domain.demo_posts import generate_demo_posts
-    from ftp_assets.posts_db import SelectionRule, Window
+    from ftp_assets.adapters.posts_db import SelectionRule, Window
+    from ftp_assets.steps import data_path
+    from ftp_assets.steps.data_path import DatasetOptions, build_training_files, collect_engaged_posts
+    from ftp_demo.posts import generate_demo_posts
 
     db = load(pg_posts_url, generate_demo_posts(3_000, seed=11, end=WINDOW_END, days=7))
     window, rule = Window(WINDOW_END - timedelta(days=7), WINDOW_END), SelectionRule()
@@ -179,8 +188,9 @@ def test_threads_and_batches_change_nothing_in_the_result(pg_posts_url, tmp_path
             monkeypatch.setattr(data_path, "BATCH_ROWS", 97)
         folder = tmp_path / f"threads{threads}"
         engaged = collect_engaged_posts(db, "body", window, rule, folder / "engaged.parquet", threads=threads)
-        dataset = build_training_files(engaged, folder, DatasetOptions(count_all_tokens_below=100,
-                                                                       min_validation_examples=1), threads=threads)  # fmt: skip
+        dataset = build_training_files(
+            engaged, folder, DatasetOptions(count_all_tokens_below=100, min_validation_examples=1), threads=threads
+        )
         results[threads] = (engaged, dataset, pq.read_table(engaged.path).to_pylist())
     assert pq.ParquetFile(results[3][0].path).metadata.num_row_groups > 1
     (one, one_set, one_rows), (two, two_set, two_rows) = results[1], results[3]
@@ -197,14 +207,16 @@ def test_the_selection_reads_in_a_read_only_transaction(pg_database, pg_posts_ur
     (This is the agent's production database: the data path may never write to it.)"""
     import psycopg
 
-    from ftp_assets.posts_db import SelectionRule, Window
+    from ftp_assets.adapters.posts_db import SelectionRule, Window
 
     load(pg_posts_url, clean_posts(5))
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute("ALTER TABLE posts RENAME TO agent_posts")
         conn.execute("CREATE TABLE reads (at timestamptz)")
-        conn.execute("CREATE FUNCTION noted() RETURNS boolean LANGUAGE sql VOLATILE "
-                     "AS 'INSERT INTO reads VALUES (now()) RETURNING true'")  # fmt: skip
+        conn.execute(
+            "CREATE FUNCTION noted() RETURNS boolean LANGUAGE sql VOLATILE "
+            "AS 'INSERT INTO reads VALUES (now()) RETURNING true'"
+        )
         conn.execute("CREATE VIEW posts AS SELECT * FROM agent_posts WHERE noted()")
     db = PostsDatabase(pg_posts_url)
     window = Window(WINDOW_END - timedelta(days=7), WINDOW_END)
@@ -219,7 +231,7 @@ def test_a_refused_connection_of_the_stream_is_clear_and_hides_the_password(pg_d
     in one sentence without the URL's password."""
     import psycopg
 
-    from ftp_assets.posts_db import PostsDatabaseError, SelectionRule, Window
+    from ftp_assets.adapters.posts_db import PostsDatabaseError, SelectionRule, Window
 
     load(pg_posts_url, clean_posts(5))
     role = f"ftp_reader_{uuid.uuid4().hex[:8]}"
@@ -243,15 +255,16 @@ def test_a_refused_connection_of_the_stream_is_clear_and_hides_the_password(pg_d
 def test_a_blank_system_message_drops_its_lines_and_counts_them(tmp_path):
     """A persona whose configured system message is blank gets no line (the cookbook's
     missing_content); the other personas' lines are written."""
-    from ftp_assets.data_path import DatasetOptions, build_training_files, collect_engaged_posts
-    from ftp_assets.posts_db import SelectionRule, Window
+    from ftp_assets.adapters.posts_db import SelectionRule, Window
+    from ftp_assets.steps.data_path import DatasetOptions, build_training_files, collect_engaged_posts
 
     rows = clean_posts(40)
     for row in rows[:15]:
         row["persona_id"] = "silent_persona"
     db = load(f"sqlite:///{tmp_path / 'posts.sqlite3'}", rows)
-    engaged = collect_engaged_posts(db, "hook", Window(WINDOW_END - timedelta(days=7), WINDOW_END), SelectionRule(),
-                                    tmp_path / "engaged.parquet")  # fmt: skip
+    engaged = collect_engaged_posts(
+        db, "hook", Window(WINDOW_END - timedelta(days=7), WINDOW_END), SelectionRule(), tmp_path / "engaged.parquet"
+    )
     dataset = build_training_files(engaged, tmp_path, DatasetOptions(system_templates={"silent_persona": "  \n"}))
     assert dataset.dropped["invalid_format:missing_content"] == 15
     assert dataset.examples == engaged.rows - 15 == 25

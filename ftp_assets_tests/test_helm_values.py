@@ -95,12 +95,8 @@ def _permissive_kubernetes_definitions(schemas: list[dict[str, Any]]) -> dict[st
     return document
 
 
-def validator_for(
-    schema: dict[str, Any], all_schemas: list[dict[str, Any]]
-) -> jsonschema.Draft7Validator:
-    stand_in = Resource.from_contents(
-        _permissive_kubernetes_definitions(all_schemas), default_specification=DRAFT7
-    )
+def validator_for(schema: dict[str, Any], all_schemas: list[dict[str, Any]]) -> jsonschema.Draft7Validator:
+    stand_in = Resource.from_contents(_permissive_kubernetes_definitions(all_schemas), default_specification=DRAFT7)
 
     def retrieve(uri: str) -> Resource:
         if uri == KUBERNETES_DEFINITIONS:
@@ -172,9 +168,7 @@ def _set(values: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("telemetry.enabled", "no"),
     ],
 )
-def test_validation_rejects_broken_values(
-    values: dict[str, Any], path: str, bad_value: Any
-) -> None:
+def test_validation_rejects_broken_values(values: dict[str, Any], path: str, bad_value: Any) -> None:
     with pytest.raises(jsonschema.ValidationError):
         validate_as_helm(_set(values, path, bad_value))
 
@@ -302,9 +296,7 @@ def test_code_server_and_runs_get_the_secrets_and_the_mlflow_uri(
 
 def _secret_keys_in_docs(secret: str) -> set[str]:
     """The keys docs/kubernetes.md's `kubectl create secret generic <secret> ...` command sets."""
-    command = re.search(
-        rf"create secret generic {re.escape(secret)}\b(?:[^\n]*\\\n)*[^\n]*", DOCS_FILE.read_text()
-    )
+    command = re.search(rf"create secret generic {re.escape(secret)}\b(?:[^\n]*\\\n)*[^\n]*", DOCS_FILE.read_text())
     assert command, f"docs/kubernetes.md does not create the Secret {secret}"
     return set(re.findall(r"--from-literal=([\w.-]+)=", command.group(0)))
 

@@ -134,19 +134,13 @@ def test_production_instance_stores_runs_and_events_in_postgres(
 
     # ...and all of it landed in the database the env vars name, not somewhere else.
     with psycopg.connect(pg_env) as conn:
-        stored = conn.execute(
-            "SELECT status FROM runs WHERE run_id = %s", (result.run_id,)
-        ).fetchone()
-        (events,) = conn.execute(
-            "SELECT count(*) FROM event_logs WHERE run_id = %s", (result.run_id,)
-        ).fetchone()
+        stored = conn.execute("SELECT status FROM runs WHERE run_id = %s", (result.run_id,)).fetchone()
+        (events,) = conn.execute("SELECT count(*) FROM event_logs WHERE run_id = %s", (result.run_id,)).fetchone()
     assert stored == ("SUCCESS",)
     assert events > 0
 
 
-def test_production_instance_reads_connection_from_env(
-    pg_env: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_production_instance_reads_connection_from_env(pg_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DAGSTER_PG_HOST")
     with pytest.raises(DagsterInvalidConfigError, match="DAGSTER_PG_HOST"):
         _instance_in_dagster_home(PRODUCTION_CONFIG)
@@ -174,9 +168,7 @@ def test_local_instance_needs_only_dagster_home(tmp_path: Path) -> None:
         """
     )
     env = {"DAGSTER_HOME": str(dagster_home), "PATH": os.environ.get("PATH", "")}
-    completed = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
+    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     run_id = completed.stdout.strip().splitlines()[-1]
 
@@ -205,9 +197,7 @@ def test_fine_tuning_runs_are_limited_to_one_per_task(any_instance: DagsterInsta
     untagged = instance.add_run(_queued_run({}))
 
     daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
-    to_launch = daemon._get_runs_to_dequeue(  # noqa: SLF001 - the daemon's real decision
-        instance, instance.get_concurrency_config(), fixed_iteration_time=None
-    )
+    to_launch = daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), fixed_iteration_time=None)
 
     launched = {run.run_id for run in to_launch}
     assert launched == {first_body.run_id, untagged.run_id}
@@ -262,7 +252,7 @@ def test_packaged_local_config_is_the_top_level_one() -> None:
 
 def test_one_fine_tuning_submission_at_a_time(any_instance: DagsterInstance) -> None:
     """The pool of fine_tuned_model holds one step at a time, with or without the run tag."""
-    from ftp_assets.assets.fine_tuning import fine_tuned_model
+    from ftp_assets.training.assets import fine_tuned_model
 
     assert fine_tuned_model.op.pool == "fine_tuning"
     assert any_instance.get_concurrency_config().pool_config.default_pool_limit == 1

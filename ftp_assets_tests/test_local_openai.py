@@ -24,8 +24,8 @@ from openai.types.chat import ChatCompletion
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
 
-from ftp_assets.local_openai import running_service
-from ftp_assets.local_openai.ngram import OPEN_VOCABULARY, NGramModel
+from ftp_local_openai import running_service
+from ftp_local_openai.ngram import OPEN_VOCABULARY, NGramModel
 
 BASE_MODEL = "gpt-4o-mini-2024-07-18"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -134,8 +134,13 @@ def test_a_job_trains_to_success_reporting_steps_checkpoints_and_tokens(local_op
     created = strictly(
         FineTuningJob,
         client.fine_tuning.jobs.with_raw_response.create(
-            model="gpt-4o-mini", training_file=training.id, validation_file=validation.id, method=method,
-            suffix="hook", seed=42, metadata={"task": "hook"},
+            model="gpt-4o-mini",
+            training_file=training.id,
+            validation_file=validation.id,
+            method=method,
+            suffix="hook",
+            seed=42,
+            metadata={"task": "hook"},
         ),
     )
     assert (created.status, created.model, created.metadata) == ("validating_files", BASE_MODEL, {"task": "hook"})
@@ -440,7 +445,11 @@ def test_a_restarted_service_keeps_files_and_jobs_and_finishes_the_job_in_flight
         assert resumed.status == "succeeded" and resumed.created_at == job.created_at
         resumed_steps = [event.data for event in metrics_events(client, job.id)]
         assert [data["step"] for data in resumed_steps] == list(range(1, 61))
-        assert [checkpoint.step_number for checkpoint in client.fine_tuning.jobs.checkpoints.list(job.id)] == [60, 40, 20]
+        assert [checkpoint.step_number for checkpoint in client.fine_tuning.jobs.checkpoints.list(job.id)] == [
+            60,
+            40,
+            20,
+        ]
 
         # Resuming changed nothing: the same data and seed without a restart train the same model.
         uninterrupted = wait_for_job(client, start_job(client, training, suffix="hook").id)

@@ -8,7 +8,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from ftp_assets.mlflow_registry import (
+from ftp_assets.adapters.mlflow_registry import (
     CHALLENGER,
     CHAMPION,
     EXPERIMENT_NAME,
@@ -56,15 +56,10 @@ def register_fine_tuned(client: MlflowClient, task: str, job_number: int) -> str
 
 
 def aliases(client: MlflowClient, task: str) -> dict[str, str]:
-    return {
-        alias: str(version)
-        for alias, version in client.get_registered_model(model_name(task)).aliases.items()
-    }
+    return {alias: str(version) for alias, version in client.get_registered_model(model_name(task)).aliases.items()}
 
 
-def test_fine_tune_run_records_params_step_losses_cost_sample_and_dagster_run(
-    mlflow_client, tmp_path
-):
+def test_fine_tune_run_records_params_step_losses_cost_sample_and_dagster_run(mlflow_client, tmp_path):
     sample_path = tmp_path / "sample.jsonl"
     sample_path.write_text('{"messages": [{"role": "assistant", "content": "Hi 👋"}]}\n')
 
@@ -115,22 +110,14 @@ def test_a_run_that_fails_while_logging_is_marked_failed(mlflow_client, tmp_path
         record_fine_tune(mlflow_client, "hook", 1, sample_path=tmp_path / "missing.jsonl")
 
     experiment = mlflow_client.get_experiment_by_name(EXPERIMENT_NAME)
-    [run] = mlflow_client.search_runs(
-        [experiment.experiment_id], "tags.dagster_run_id = 'dagster-run-hook-1'"
-    )
+    [run] = mlflow_client.search_runs([experiment.experiment_id], "tags.dagster_run_id = 'dagster-run-hook-1'")
     assert run.info.status == "FAILED"
 
 
-@pytest.mark.parametrize(
-    "secret_key", ["api_key", "OPENAI_API_KEY", "hf_token", "db-password", "clientSecret"]
-)
-def test_secret_looking_params_are_refused_before_anything_is_recorded(
-    mlflow_client, secret_key
-):
+@pytest.mark.parametrize("secret_key", ["api_key", "OPENAI_API_KEY", "hf_token", "db-password", "clientSecret"])
+def test_secret_looking_params_are_refused_before_anything_is_recorded(mlflow_client, secret_key):
     experiment = mlflow_client.get_experiment_by_name(EXPERIMENT_NAME)
-    runs_before = (
-        len(mlflow_client.search_runs([experiment.experiment_id])) if experiment else 0
-    )
+    runs_before = len(mlflow_client.search_runs([experiment.experiment_id])) if experiment else 0
     with pytest.raises(ValueError, match=secret_key):
         log_fine_tune_run(
             mlflow_client,

@@ -9,11 +9,12 @@ import pytest
 from dagster import instance_for_test, materialize
 from dagster_openai import OpenAIResource
 
-from ftp_assets.assets import data, experiment, fine_tuning
-from ftp_assets.domain.demo_posts import DEMO_AGENT_MODEL, generate_demo_posts
-from ftp_assets.experiments_db import ExperimentStore
-from ftp_assets.mlflow_registry import model_name
-from ftp_assets.posts_db import PostsDatabase
+from ftp_assets.adapters.experiments_store import ExperimentStore
+from ftp_assets.adapters.mlflow_registry import model_name
+from ftp_assets.adapters.posts_db import PostsDatabase
+from ftp_assets.data.assets import engaged_posts, training_jsonl
+from ftp_assets.data.checks import enough_examples, low_duplicate_rate, valid_format
+from ftp_assets.experiment.assets import ab_experiment, ab_test_result, registered_model
 from ftp_assets.resources import (
     DatasetStorage,
     ExperimentSettings,
@@ -21,12 +22,21 @@ from ftp_assets.resources import (
     MlflowResource,
     PostsDatabaseResource,
 )
-from ftp_assets.simulation import simulate_posts
+from ftp_assets.training.assets import fine_tuned_model
 from ftp_assets_tests.corpus import WINDOW_END
+from ftp_demo.live_week import simulate_posts
+from ftp_demo.posts import DEMO_AGENT_MODEL, generate_demo_posts
 
-TRAINING = [data.engaged_posts, data.training_jsonl, data.enough_examples, data.valid_format,
-            data.low_duplicate_rate, fine_tuning.fine_tuned_model]  # fmt: skip
-EVALUATION = [experiment.ab_test_result, experiment.registered_model]
+TRAINING = [
+    engaged_posts,
+    training_jsonl,
+    enough_examples,
+    valid_format,
+    low_duplicate_rate,
+    fine_tuned_model,
+    ab_experiment,
+]
+EVALUATION = [ab_test_result, registered_model]
 WINDOW = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoformat()}}}}
 
 
@@ -58,7 +68,8 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
     db, resources, instance = cycle
     trained = materialize(TRAINING, partition_key="hook", run_config=WINDOW, resources=resources, instance=instance)
     model = trained.output_for_node("fine_tuned_model")
-    assert model.model_id.startswith("ft:gpt-4o-mini-2024-07-18:") and model.champion_model == DEMO_AGENT_MODEL
+    assert model.model_id.startswith("ft:gpt-4o-mini-2024-07-18:")
+    assert trained.output_for_node("ab_experiment").champion_model == DEMO_AGENT_MODEL
 
     client = mlflow_client
     run = client.get_run(model.mlflow_run_id)
@@ -83,8 +94,17 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
     body_arm = running.__class__(**{**running.__dict__, "task": "body", "challenger_model": DEMO_AGENT_MODEL})
     client_api = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key)
     start = running.started_at
-    db.insert_posts(simulate_posts(client_api, {"hook": running, "body": body_arm}, start=start,
-                                   end=start + timedelta(days=3), posts=1_500, first_id=10_000, seed=1))  # fmt: skip
+    db.insert_posts(
+        simulate_posts(
+            client_api,
+            {"hook": running, "body": body_arm},
+            start=start,
+            end=start + timedelta(days=3),
+            posts=1_500,
+            first_id=10_000,
+            seed=1,
+        )
+    )
     assert _evaluate(resources, instance, start + timedelta(hours=1)).output_for_node("ab_test_result").decision == (
         "continue"
     )  # an early look with no matured post yet
@@ -92,9 +112,26 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
     assert evaluated.success
     result = evaluated.output_for_node("ab_test_result")
     metadata = evaluated.asset_materializations_for_node("ab_test_result")[0].metadata
-    for name in ("decision", "reason", "champion_model", "challenger_model", "started_at", "data_until",
-                 "n_control", "n_treatment", "rate_control", "rate_treatment", "lift", "ci_lower", "ci_upper",
-                 "fixed_ci_lower", "fixed_ci_upper", "p_value", "srm_p_value", "chance_to_beat"):  # fmt: skip
+    for name in (
+        "decision",
+        "reason",
+        "champion_model",
+        "challenger_model",
+        "started_at",
+        "data_until",
+        "n_control",
+        "n_treatment",
+        "rate_control",
+        "rate_treatment",
+        "lift",
+        "ci_lower",
+        "ci_upper",
+        "fixed_ci_lower",
+        "fixed_ci_upper",
+        "p_value",
+        "srm_p_value",
+        "chance_to_beat",
+    ):
         assert name in metadata, name
     assert result.decision == "promote", result.reason
     assert "lift_history" in metadata  # the plot of the looks so far
@@ -104,8 +141,9 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
     assert store.get(result.experiment_id).status == "promoted"
 
     # Re-running registered_model on the same decision changes nothing.
-    again = materialize(EVALUATION, selection=[experiment.registered_model], partition_key="hook",
-                        resources=resources, instance=instance)  # fmt: skip
+    again = materialize(
+        EVALUATION, selection=[registered_model], partition_key="hook", resources=resources, instance=instance
+    )
     assert "(already done)" in again.asset_materializations_for_node("registered_model")[0].metadata["note"].value
     assert client.get_model_version_by_alias(model_name("hook"), "champion").version == version.version
 
@@ -113,8 +151,14 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
 def test_failed_job_fails_the_asset_and_nothing_downstream_runs(cycle, local_openai, mlflow_client):
     db, resources, instance = cycle
     local_openai.faults.fail_next_job()
-    result = materialize(TRAINING + EVALUATION, partition_key="hook", run_config=WINDOW, resources=resources,
-                         instance=instance, raise_on_error=False)  # fmt: skip
+    result = materialize(
+        TRAINING + EVALUATION,
+        partition_key="hook",
+        run_config=WINDOW,
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert failure.step_key == "fine_tuned_model"
@@ -130,8 +174,9 @@ def test_failed_job_fails_the_asset_and_nothing_downstream_runs(cycle, local_ope
 def test_too_few_examples_never_starts_a_job(cycle, local_openai):
     db, resources, instance = cycle
     config = {"ops": {**WINDOW["ops"], "training_jsonl_enough_examples": {"config": {"min_examples": 100_000}}}}
-    result = materialize(TRAINING, partition_key="body", run_config=config, resources=resources,
-                         instance=instance, raise_on_error=False)  # fmt: skip
+    result = materialize(
+        TRAINING, partition_key="body", run_config=config, resources=resources, instance=instance, raise_on_error=False
+    )
     executed = {e.step_key for e in result.all_events if e.is_step_start}
     assert "fine_tuned_model" not in executed
     jobs = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key).fine_tuning.jobs.list()
@@ -145,14 +190,22 @@ def _train(resources, instance, task="hook", **run_config):
 
 def _evaluate(resources, instance, evaluated_at, experiment_id=None, task="hook"):
     config = {"evaluated_at": evaluated_at.isoformat()} | ({"experiment_id": experiment_id} if experiment_id else {})
-    return materialize(EVALUATION, partition_key=task, resources=resources, instance=instance, raise_on_error=False,
-                       run_config={"ops": {"ab_test_result": {"config": config}}})  # fmt: skip
+    return materialize(
+        EVALUATION,
+        partition_key=task,
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+        run_config={"ops": {"ab_test_result": {"config": config}}},
+    )
 
 
 def test_continue_changes_nothing_and_timeout_rejects(cycle, mlflow_client):
     db, resources, instance = cycle
-    model = _train(resources, instance).output_for_node("fine_tuned_model")
-    started = ExperimentStore(db.engine).get(model.experiment_id).started_at
+    trained = _train(resources, instance)
+    model = trained.output_for_node("fine_tuned_model")
+    experiment_id = trained.output_for_node("ab_experiment").experiment_id
+    started = ExperimentStore(db.engine).get(experiment_id).started_at
 
     early = _evaluate(resources, instance, started + timedelta(hours=2))
     assert early.output_for_node("ab_test_result").decision == "continue"
@@ -168,25 +221,34 @@ def test_continue_changes_nothing_and_timeout_rejects(cycle, mlflow_client):
     version = mlflow_client.get_model_version(model_name("hook"), model.registry_version)
     assert version.tags["decision"] == "rejected" and "maximum duration" in version.tags["reason"]
     assert mlflow_client.get_registered_model(model_name("hook")).aliases == {}
-    assert ExperimentStore(db.engine).get(model.experiment_id).status == "rejected"
+    assert ExperimentStore(db.engine).get(experiment_id).status == "rejected"
 
     # Training again on the same data re-attaches to the same job and starts no second test.
-    again = _train(resources, instance).output_for_node("fine_tuned_model")
-    assert again.job_id == model.job_id and again.experiment_id is None
+    again = _train(resources, instance)
+    assert again.output_for_node("fine_tuned_model").job_id == model.job_id
+    assert again.output_for_node("ab_experiment").experiment_id is None
 
 
 def test_a_superseded_experiment_is_not_evaluated(cycle):
     db, resources, instance = cycle
-    first = _train(resources, instance).output_for_node("fine_tuned_model")
-    second = _train(resources, instance, engaged_posts={"config": {"window_end": WINDOW_END.isoformat(),
-                                                                   "engagement_threshold": 0.05}})  # fmt: skip
+    first_run = _train(resources, instance)
+    first, first_experiment = first_run.output_for_node("fine_tuned_model"), first_run.output_for_node("ab_experiment")
+    second = _train(
+        resources,
+        instance,
+        engaged_posts={"config": {"window_end": WINDOW_END.isoformat(), "engagement_threshold": 0.05}},
+    )
     second_model = second.output_for_node("fine_tuned_model")
     assert second_model.model_id != first.model_id
     store = ExperimentStore(db.engine)
-    assert store.get(first.experiment_id).status == "superseded"
-    assert store.running("hook").experiment_id == second_model.experiment_id
-    stale = _evaluate(resources, instance, store.get(first.experiment_id).started_at + timedelta(days=2),
-                      experiment_id=first.experiment_id)  # fmt: skip
+    assert store.get(first_experiment.experiment_id).status == "superseded"
+    assert store.running("hook").experiment_id == second.output_for_node("ab_experiment").experiment_id
+    stale = _evaluate(
+        resources,
+        instance,
+        store.get(first_experiment.experiment_id).started_at + timedelta(days=2),
+        experiment_id=first_experiment.experiment_id,
+    )
     assert not stale.success
     failure = next(e for e in stale.all_events if e.is_step_failure)
     assert "is superseded, not a running hook experiment" in failure.step_failure_data.error.message

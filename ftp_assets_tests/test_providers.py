@@ -12,8 +12,7 @@ import openai
 import pytest
 from dagster import DagsterExecutionInterruptedError
 
-from ftp_assets.local_openai import running_service
-from ftp_assets.providers import (
+from ftp_assets.adapters.providers import (
     BudgetExceeded,
     FineTuneRequest,
     FineTuningFailed,
@@ -21,17 +20,34 @@ from ftp_assets.providers import (
     OpenAIFineTuningProvider,
     run_fine_tune,
 )
+from ftp_local_openai import running_service
 
 SECRET_KEY = "sk-test-SECRET-4f9c2e7a1b"
 # Slow enough that a job is still running when a test interrupts it: one epoch of 20 examples is
 # 20 steps of 0.1 s.
 STEP_SECONDS = 0.1
 TOPICS = [
-    "morning routines", "remote work", "learning to cook", "running a first marathon", "saving money",
-    "reading more books", "starting a podcast", "keeping houseplants alive", "public speaking",
-    "learning a language", "moving cities", "side projects", "sleep", "coffee", "walking meetings",
-    "journaling", "saying no", "deep work", "travelling light", "mentoring",
-]  # fmt: skip
+    "morning routines",
+    "remote work",
+    "learning to cook",
+    "running a first marathon",
+    "saving money",
+    "reading more books",
+    "starting a podcast",
+    "keeping houseplants alive",
+    "public speaking",
+    "learning a language",
+    "moving cities",
+    "side projects",
+    "sleep",
+    "coffee",
+    "walking meetings",
+    "journaling",
+    "saying no",
+    "deep work",
+    "travelling light",
+    "mentoring",
+]
 
 
 def write_examples(path: Path, task: str, count: int = 20) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import openai
 import pytest
@@ -22,15 +22,16 @@ from dagster import (
     execute_job,
     in_process_executor,
     instance_for_test,
-    load_asset_checks_from_modules,
     reconstructable,
 )
 from dagster_openai import OpenAIResource
 from mlflow import MlflowClient
 
-from ftp_assets.assets import data, fine_tuning
-from ftp_assets.mlflow_registry import local_tracking_uri, model_name
-from ftp_assets.posts_db import PostsDatabase
+from ftp_assets.adapters.mlflow_registry import local_tracking_uri, model_name
+from ftp_assets.adapters.posts_db import PostsDatabase
+from ftp_assets.data.assets import engaged_posts, training_jsonl
+from ftp_assets.data.checks import enough_examples, low_duplicate_rate, valid_format
+from ftp_assets.experiment.assets import ab_experiment
 from ftp_assets.resources import (
     DatasetStorage,
     ExperimentSettings,
@@ -38,6 +39,8 @@ from ftp_assets.resources import (
     MlflowResource,
     PostsDatabaseResource,
 )
+from ftp_assets.training.assets import fine_tuned_model
+from ftp_assets.training.jobs import training_cycle
 from ftp_assets_tests.corpus import clean_posts
 
 # The tags of the hook partition's runs; Dagster's run retries copy them to each retry.
@@ -47,11 +50,9 @@ HOOK = {"dagster/partition": "hook", "ftp/fine-tune-task": "hook"}
 def training_cycle_from_env():
     """The project's ``training_cycle`` with its resources' settings in environment variables
     (resolved at each run, as a deployment's are), executed in-process."""
-    from ftp_assets.definitions import training_cycle
-
     defs = Definitions(
-        assets=[data.engaged_posts, data.training_jsonl, fine_tuning.fine_tuned_model],
-        asset_checks=load_asset_checks_from_modules([data]),
+        assets=[engaged_posts, training_jsonl, fine_tuned_model, ab_experiment],
+        asset_checks=[enough_examples, valid_format, low_duplicate_rate],
         jobs=[training_cycle],
         executor=in_process_executor,
         resources={
@@ -76,9 +77,10 @@ def unused_port() -> int:
 def environment(pg_posts_url, local_openai, tmp_path, monkeypatch):
     db = PostsDatabase(pg_posts_url)
     db.init_schema()
-    window_end = datetime.now(timezone.utc)
-    db.insert_posts([{**row, "created_at": window_end - timedelta(days=1, minutes=i)}
-                     for i, row in enumerate(clean_posts(150))])  # fmt: skip
+    window_end = datetime.now(UTC)
+    db.insert_posts(
+        [{**row, "created_at": window_end - timedelta(days=1, minutes=i)} for i, row in enumerate(clean_posts(150))]
+    )
     monkeypatch.setenv("FTP_POSTS_DB_URL", pg_posts_url)
     monkeypatch.setenv("FTP_DATASETS_DIR", str(tmp_path / "datasets"))
     monkeypatch.setenv("OPENAI_API_KEY", local_openai.api_key)
@@ -101,10 +103,11 @@ def test_retried_and_repeated_runs_reattach_to_the_one_paid_job(environment, loc
         assert paid.status == "succeeded"
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", local_tracking_uri(tmp_path / "mlflow"))
-        retried = execute_job(job, instance, tags=HOOK,
-                              reexecution_options=ReexecutionOptions.from_failure(first.run_id, instance))
+        retried = execute_job(
+            job, instance, tags=HOOK, reexecution_options=ReexecutionOptions.from_failure(first.run_id, instance)
+        )
         assert retried.success
-        assert {e.step_key for e in retried.all_events if e.is_step_start} == {"fine_tuned_model"}
+        assert {e.step_key for e in retried.all_events if e.is_step_start} == {"fine_tuned_model", "ab_experiment"}
         assert [j.id for j in client.fine_tuning.jobs.list().data] == [paid.id]
         (materialization,) = retried.asset_materializations_for_node("fine_tuned_model")
         assert materialization.metadata["job_id"].value == paid.id
@@ -112,8 +115,12 @@ def test_retried_and_repeated_runs_reattach_to_the_one_paid_job(environment, loc
         assert any(f"Re-attached to openai fine-tuning job {paid.id}" in message for message in logs)
 
         # The same dataset trained "again" by hand: still the one job.
-        again = execute_job(job, instance, tags=HOOK, reexecution_options=ReexecutionOptions(
-            parent_run_id=retried.run_id, step_selection=["fine_tuned_model"]))  # fmt: skip
+        again = execute_job(
+            job,
+            instance,
+            tags=HOOK,
+            reexecution_options=ReexecutionOptions(parent_run_id=retried.run_id, step_selection=["fine_tuned_model"]),
+        )
         assert again.success
         assert [j.id for j in client.fine_tuning.jobs.list().data] == [paid.id]
 

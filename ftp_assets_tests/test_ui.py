@@ -48,8 +48,16 @@ def _alive(pid: int) -> bool:
 def test_ui_serves_the_three_services_and_stops_them_on_ctrl_c(tmp_path):
     ports = {name: _free_port() for name in ("dagster", "mlflow", "openai")}
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "MLFLOW_TRACKING_URI")}
-    command = [str(Path(sys.executable).with_name("ftp")), "ui", "--dagster-port", str(ports["dagster"]),
-               "--mlflow-port", str(ports["mlflow"]), "--openai-port", str(ports["openai"])]  # fmt: skip
+    command = [
+        str(Path(sys.executable).with_name("ftp")),
+        "ui",
+        "--dagster-port",
+        str(ports["dagster"]),
+        "--mlflow-port",
+        str(ports["mlflow"]),
+        "--openai-port",
+        str(ports["openai"]),
+    ]
     with open(tmp_path / "ui.log", "wb") as log:
         ui = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     urls = {

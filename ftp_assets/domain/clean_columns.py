@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -88,19 +88,32 @@ def _patterns() -> _Patterns:
         chars = [chr(point) for point in block]
         lowered = pc.utf8_lower(pa.array(chars)).to_pylist()  # what Arrow's kernel will do
         not_plain += [
-            point for point, char, lower in zip(block, chars, lowered)
-            if point in INVISIBLE or point in composing or char.isspace() or char.isdecimal()
-            or unicodedata.combining(char) or not unicodedata.is_normalized("NFKC", char)
-            or char.casefold() != lower or _ASCII_LETTERS & set(char.lower() + char.upper() + char.casefold())
-        ]  # fmt: skip
+            point
+            for point, char, lower in zip(block, chars, lowered)
+            if point in INVISIBLE
+            or point in composing
+            or char.isspace()
+            or char.isdecimal()
+            or unicodedata.combining(char)
+            or not unicodedata.is_normalized("NFKC", char)
+            or char.casefold() != lower
+            or _ASCII_LETTERS & set(char.lower() + char.upper() + char.casefold())
+        ]
         not_alnum += [point for point, char in zip(block, chars) if not char.isalnum()]
     beyond = f"\\x{{{_SCANNED_UP_TO:x}}}-\\x{{10ffff}}"
     not_plain_class = "[" + _char_class(not_plain) + beyond + "]"
     controls = "\\x00-\\x08\\x0b-\\x1f\\x7f"
-    needs_rows = "|".join([
-        not_plain_class, f"[{controls}]", f"^[{_ASCII_SPACE}]", f"[{_ASCII_SPACE}]$", "^$",
-        _PII_SUPERSET, _INJECTION_SUPERSET,
-    ])  # fmt: skip
+    needs_rows = "|".join(
+        [
+            not_plain_class,
+            f"[{controls}]",
+            f"^[{_ASCII_SPACE}]",
+            f"[{_ASCII_SPACE}]$",
+            "^$",
+            _PII_SUPERSET,
+            _INJECTION_SUPERSET,
+        ]
+    )
     return _Patterns(needs_rows, not_plain_class, "[" + _char_class(not_alnum) + "]+")
 
 
@@ -124,8 +137,9 @@ def clean_columns(fields: list[pa.Array], max_chars: int) -> CleanedColumns:
     rows = len(fields[0])
     # One search over the fields end to end: the pattern is compiled once per call, not per field.
     every_field = pa.concat_arrays([texts.cast(pa.large_string()) for texts in fields])
-    suspect = pc.or_kleene(pc.match_substring_regex(every_field, patterns.needs_rows),
-                           pc.greater(pc.utf8_length(every_field), max_chars))  # fmt: skip
+    suspect = pc.or_kleene(
+        pc.match_substring_regex(every_field, patterns.needs_rows), pc.greater(pc.utf8_length(every_field), max_chars)
+    )
     needs_rows = np.logical_or.reduce(pc.fill_null(suspect, True).to_numpy(zero_copy_only=False).reshape(-1, rows))
     keep = np.ones(rows, dtype=bool)
     rejected: Counter[str] = Counter()

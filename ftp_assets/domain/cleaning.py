@@ -32,7 +32,9 @@ _HAS_INVISIBLE = re.compile("[" + "".join(re.escape(chr(c)) for c in INVISIBLE) 
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # A phone number: optional country code, then at least 7 digits in groups separated by space, dot,
 # dash or parentheses. Digit runs joined by commas (10,000,000), slashes and ISO dates are not.
-_PHONE = re.compile(r"(?<![\w+])(?!\d{4}-\d\d-\d\d(?!\d))(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?![\w])")
+_PHONE = re.compile(
+    r"(?<![\w+])(?!\d{4}-\d\d-\d\d(?!\d))(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?![\w])"
+)
 _SEVEN_DIGITS = re.compile(r"\d(?:[ .()+-]{0,2}\d){6}")
 
 # Text that addresses a language model rather than a reader. Training on it would teach the model

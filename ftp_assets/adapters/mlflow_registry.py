@@ -110,9 +110,7 @@ def log_fine_tune_run(
             metrics=[*_per_step_metrics(step_metrics, now_ms), *final_metrics],
         )
         if sample_path is not None:
-            client.log_artifact(
-                run_id, str(sample_path), artifact_path=TRAINING_SAMPLE_ARTIFACT_DIR
-            )
+            client.log_artifact(run_id, str(sample_path), artifact_path=TRAINING_SAMPLE_ARTIFACT_DIR)
     except BaseException:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
@@ -174,9 +172,7 @@ def champion(client: MlflowClient, task: str) -> ModelVersion | None:
     return None if version is None else client.get_model_version(name, version)
 
 
-def promote(
-    client: MlflowClient, task: str, version: str | int, decision_tags: Mapping[str, Any]
-) -> bool:
+def promote(client: MlflowClient, task: str, version: str | int, decision_tags: Mapping[str, Any]) -> bool:
     """Make the version champion; returns False when it already was, with these tags.
 
     The old champion becomes ``previous-champion``, ``challenger`` is removed if it points at the
@@ -228,8 +224,7 @@ def reject(
     aliases = _aliases(client, name)
     if aliases.get(CHAMPION) == version or target.tags.get(DECISION_TAG) == "promoted":
         raise RegistryError(
-            f"{name} version {version} is or was champion; take it out of production with "
-            "rollback, not reject."
+            f"{name} version {version} is or was champion; take it out of production with rollback, not reject."
         )
 
     changed = False
@@ -276,9 +271,7 @@ def _refuse_secrets(record: Mapping[str, Any]) -> None:
     """Secrets never reach MLflow params or tags; values are not inspected, key names are."""
     secret_keys = sorted(key for key in record if _SECRET_KEY.search(_snake_case(key)))
     if secret_keys:
-        raise ValueError(
-            f"Refusing to record {', '.join(secret_keys)} in MLflow: the name looks like a secret."
-        )
+        raise ValueError(f"Refusing to record {', '.join(secret_keys)} in MLflow: the name looks like a secret.")
 
 
 def _snake_case(key: str) -> str:
@@ -286,9 +279,7 @@ def _snake_case(key: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
 
 
-def _per_step_metrics(
-    step_metrics: Iterable[Mapping[str, Any]], timestamp_ms: int
-) -> Iterator[Metric]:
+def _per_step_metrics(step_metrics: Iterable[Mapping[str, Any]], timestamp_ms: int) -> Iterator[Metric]:
     for entry in step_metrics:
         step = int(entry["step"])
         for key, value in entry.items():
@@ -335,12 +326,8 @@ def _create_registered_model_if_missing(client: MlflowClient, name: str, task: s
             raise
 
 
-def _version_of_provider_model(
-    client: MlflowClient, name: str, provider_model_id: str
-) -> ModelVersion | None:
-    versions = client.search_model_versions(
-        f"name = '{name}' and tags.provider_model_id = '{provider_model_id}'"
-    )
+def _version_of_provider_model(client: MlflowClient, name: str, provider_model_id: str) -> ModelVersion | None:
+    versions = client.search_model_versions(f"name = '{name}' and tags.provider_model_id = '{provider_model_id}'")
     return versions[0] if versions else None
 
 

@@ -1,34 +1,29 @@
-"""``engaged_posts`` and ``training_jsonl``: thin assets over ``ftp_assets.data_path``."""
+"""``engaged_posts`` and ``training_jsonl``: thin assets over :mod:`ftp_assets.steps.data_path`."""
 
-
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import timedelta
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetExecutionContext,
     Config,
     Failure,
     MetadataValue,
     Output,
     asset,
-    asset_check,
 )
 from pydantic import Field
 
-from ftp_assets.assets.metadata import counts_table, preview_table
-from ftp_assets.data_path import (
+from ftp_assets.adapters.posts_db import DEFAULT_WINDOW_DAYS, PostsDatabaseError, SelectionRule, Window
+from ftp_assets.metadata import counts_table, preview_table
+from ftp_assets.partitions import task_partitions
+from ftp_assets.resources import DatasetStorage, PostsDatabaseResource
+from ftp_assets.run_context import configured_instant
+from ftp_assets.steps.data_path import (
     DatasetOptions,
     EngagedPosts,
     TrainingDataset,
     build_training_files,
     collect_engaged_posts,
 )
-from ftp_assets.domain.checks import duplicate_rate, invalid_lines
-from ftp_assets.partitions import task_partitions
-from ftp_assets.posts_db import PostsDatabaseError, SelectionRule, Window
-from ftp_assets.resources import DatasetStorage, PostsDatabaseResource
 
 
 class EngagedPostsConfig(Config):
@@ -37,7 +32,7 @@ class EngagedPostsConfig(Config):
         description="End of the window (ISO-8601, UTC if no offset). The schedule sets its tick "
         "time; a manual run without it uses the time the run was created, so a retry reads the same rows.",
     )
-    window_days: int = Field(default=7, description="Length of the window in days.")
+    window_days: int = Field(default=DEFAULT_WINDOW_DAYS, description="Length of the window in days.")
     engagement_threshold: float = Field(default=0.06, description="Minimum engagements / impressions.")
     min_impressions: int = Field(default=100, description="Posts with fewer impressions are left out.")
     max_text_chars: int = Field(default=2_000, description="Longer texts are rejected as over-long.")
@@ -46,22 +41,6 @@ class EngagedPostsConfig(Config):
         description="Threads that clean batches side by side (Arrow's kernels release the GIL): "
         "default one per core, up to 4. The result does not depend on it.",
     )
-
-
-def parse_instant(value: str) -> datetime:
-    """An ISO-8601 date-time as UTC (a value without offset is taken as UTC)."""
-    try:
-        instant = datetime.fromisoformat(value)
-    except ValueError:
-        raise Failure(f"{value!r} is not an ISO-8601 date-time.") from None
-    return instant.replace(tzinfo=timezone.utc) if instant.tzinfo is None else instant.astimezone(timezone.utc)
-
-
-def run_created_at(context: AssetExecutionContext) -> datetime:
-    """When the run was created, or for a retry or re-execution the run it retries: fixed for the
-    run and all its retries, unlike the wall clock."""
-    first_run_id = context.run.root_run_id or context.run.run_id
-    return context.instance.get_run_record_by_id(first_run_id).create_timestamp.astimezone(timezone.utc)
 
 
 def _check_config(config: EngagedPostsConfig) -> None:
@@ -88,7 +67,7 @@ def engaged_posts(
 ) -> Output[EngagedPosts]:
     _check_config(config)
     task = context.partition_key
-    end = parse_instant(config.window_end) if config.window_end else run_created_at(context)
+    end = configured_instant(config.window_end, context)
     window = Window(start=end - timedelta(days=config.window_days), end=end)
     rule = SelectionRule(threshold=config.engagement_threshold, min_impressions=config.min_impressions)
     try:
@@ -97,7 +76,12 @@ def engaged_posts(
         raise Failure(str(error)) from None
     folder = dataset_storage.folder(task, context.run.run_id)
     result = collect_engaged_posts(
-        db, task, window, rule, folder / "engaged_posts.parquet", max_text_chars=config.max_text_chars,
+        db,
+        task,
+        window,
+        rule,
+        folder / "engaged_posts.parquet",
+        max_text_chars=config.max_text_chars,
         threads=config.threads,
     )
     if result.rows == 0:
@@ -182,46 +166,3 @@ def training_jsonl(
     if dataset.validation_path:
         metadata["validation_path"] = MetadataValue.path(dataset.validation_path)
     return Output(dataset, metadata=metadata)
-
-
-class EnoughExamplesConfig(Config):
-    min_examples: int = 100
-
-
-@asset_check(asset=training_jsonl, blocking=True, partitions_def=task_partitions,
-             description="Enough examples to fine-tune on; below it no training starts.")  # fmt: skip
-def enough_examples(config: EnoughExamplesConfig, training_jsonl: TrainingDataset) -> AssetCheckResult:
-    return AssetCheckResult(
-        passed=training_jsonl.examples >= config.min_examples,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"examples": training_jsonl.examples, "min_examples": config.min_examples},
-    )
-
-
-@asset_check(asset=training_jsonl, blocking=True, partitions_def=task_partitions,
-             description="Every line of both files follows OpenAI's chat fine-tuning format.")  # fmt: skip
-def valid_format(training_jsonl: TrainingDataset) -> AssetCheckResult:
-    paths = [p for p in (training_jsonl.training_path, training_jsonl.validation_path) if p]
-    invalid = {Path(p).name: invalid_lines(Path(p)) for p in paths}
-    return AssetCheckResult(
-        passed=not any(invalid.values()),
-        severity=AssetCheckSeverity.ERROR,
-        metadata={f"invalid_lines_{name.split('.')[0]}": len(found) for name, found in invalid.items()}
-        | {"first_errors": MetadataValue.json({n: found[:5] for n, found in invalid.items()})},
-    )
-
-
-class DuplicateRateConfig(Config):
-    max_duplicate_rate: float = 0.01
-
-
-@asset_check(asset=training_jsonl, partitions_def=task_partitions,
-             description="Share of examples whose assistant text repeats another's (normalized).")  # fmt: skip
-def low_duplicate_rate(config: DuplicateRateConfig, training_jsonl: TrainingDataset) -> AssetCheckResult:
-    paths = [Path(p) for p in (training_jsonl.training_path, training_jsonl.validation_path) if p]
-    rate = duplicate_rate(paths)
-    return AssetCheckResult(
-        passed=rate <= config.max_duplicate_rate,
-        severity=AssetCheckSeverity.WARN,
-        metadata={"duplicate_rate": rate, "max_duplicate_rate": config.max_duplicate_rate},
-    )

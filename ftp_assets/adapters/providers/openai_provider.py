@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Set
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import openai
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 
-from ftp_assets.providers.base import (
+from ftp_assets.adapters.providers.base import (
     SUCCEEDED,
     TERMINAL_STATUSES,
     FineTuneJob,
@@ -57,9 +57,7 @@ class OpenAIFineTuningProvider:
         validation_file_id = self._upload(request.validation_file) if request.validation_file else None
         for attempt in range(1, CREATE_ATTEMPTS):
             try:
-                return Submission(
-                    job=self._create(request, training_file_id, validation_file_id), reattached=False
-                )
+                return Submission(job=self._create(request, training_file_id, validation_file_id), reattached=False)
             except ProviderUnavailable as error:
                 time.sleep(error.retry_after_s or attempt)
                 # The failed create may still have reached the provider.
@@ -141,9 +139,7 @@ class OpenAIFineTuningProvider:
         with self._provider_errors(), path.open("rb") as content:
             return self._client.files.create(file=(path.name, content), purpose="fine-tune").id
 
-    def _create(
-        self, request: FineTuneRequest, training_file_id: str, validation_file_id: str | None
-    ) -> FineTuneJob:
+    def _create(self, request: FineTuneRequest, training_file_id: str, validation_file_id: str | None) -> FineTuneJob:
         metadata = _idempotency_key(request)
         if request.dagster_run_id:
             metadata[DAGSTER_RUN_ID_KEY] = request.dagster_run_id
@@ -223,7 +219,7 @@ def _retry_after_s(error: openai.APIStatusError) -> float | None:
 
 
 def _utc(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def _job(job: FineTuningJob) -> FineTuneJob:

@@ -13,7 +13,7 @@ a few threads process batches side by side while the main thread writes them in 
   (``serialize_column``) and splits them by a hash of the post id.
 
 Batches are written in stream order whatever the number of threads, so the rows, the files'
-bytes and the ``dataset_hash`` do not depend on it. The assets in ``ftp_assets.assets.data``
+bytes and the ``dataset_hash`` do not depend on it. The assets in ``ftp_assets.data.assets``
 and the benchmark call these functions.
 """
 
@@ -35,17 +35,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window
 from ftp_assets.domain.clean_columns import clean_columns, clean_columns_ready, dedup_key_hashes, text_hashes
 from ftp_assets.domain.dataset import (
     SplitFile,
     TokenStats,
-    count_tokens,
     dataset_hash,
     serialize_column,
     split_and_sample,
     system_message,
 )
-from ftp_assets.posts_db import PostsDatabase, SelectionRule, Window
+from ftp_assets.domain.tokens import count_message_tokens
 
 ENGAGED_SCHEMA = pa.schema(
     [
@@ -107,7 +107,7 @@ class WriterThread:
         while len(self._pending) > 2:
             self._pending.popleft().result()
 
-    def __enter__(self) -> "WriterThread":
+    def __enter__(self) -> WriterThread:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -142,14 +142,20 @@ def _clean_batch(batch: pa.RecordBatch, task: str, max_text_chars: int) -> tuple
     impressions, engagements = kept.column("impressions"), kept.column("engagements")
     columns = {
         **{name: kept.column(name) for name in ("id", "persona_id", "created_at")},
-        "original_input": texts["original_input"], "hook": texts["hook"],
+        "original_input": texts["original_input"],
+        "hook": texts["hook"],
         "body": texts.get("body", pa.nulls(kept.num_rows, pa.string())),
-        "impressions": impressions, "engagements": engagements,
+        "impressions": impressions,
+        "engagements": engagements,
         "engagement_rate": pc.divide(pc.cast(engagements, pa.float64()), pc.cast(impressions, pa.float64())),
-        "exact_key": pa.array(text_hashes(target)), "normalized_key": pa.array(dedup_key_hashes(target)),
-    }  # fmt: skip
-    return pa.RecordBatch.from_arrays([columns[name] for name in ENGAGED_SCHEMA.names], schema=ENGAGED_SCHEMA), \
-        cleaned.rejected, cleaned.repairs  # fmt: skip
+        "exact_key": pa.array(text_hashes(target)),
+        "normalized_key": pa.array(dedup_key_hashes(target)),
+    }
+    return (
+        pa.RecordBatch.from_arrays([columns[name] for name in ENGAGED_SCHEMA.names], schema=ENGAGED_SCHEMA),
+        cleaned.rejected,
+        cleaned.repairs,
+    )
 
 
 class KeptTexts:
@@ -210,15 +216,18 @@ def collect_engaged_posts(
         funnel = background.submit(db.window_funnel, window, rule)
         background.submit(clean_columns_ready)
         batches = db.stream_selection(window, rule, batch_rows=BATCH_ROWS)
-        with pq.ParquetWriter(out_path, ENGAGED_SCHEMA, use_dictionary=["persona_id"]) as parquet, \
-                WriterThread() as writer:  # fmt: skip
+        with (
+            pq.ParquetWriter(out_path, ENGAGED_SCHEMA, use_dictionary=["persona_id"]) as parquet,
+            WriterThread() as writer,
+        ):
             for cleaned, batch_rejected, batch_repairs in map_in_order(
                 lambda batch: _clean_batch(batch, task, max_text_chars), batches, threads or default_threads()
             ):
                 rejected.update(batch_rejected)
                 repairs.update(batch_repairs)
-                keep, exact, normalized = kept_texts.keep_new(cleaned.column("normalized_key").to_numpy(),
-                                                              cleaned.column("exact_key").to_numpy())  # fmt: skip
+                keep, exact, normalized = kept_texts.keep_new(
+                    cleaned.column("normalized_key").to_numpy(), cleaned.column("exact_key").to_numpy()
+                )
                 rejected["duplicate_exact"] += exact
                 rejected["duplicate_normalized"] += normalized
                 kept = cleaned.filter(pa.array(keep))
@@ -228,10 +237,16 @@ def collect_engaged_posts(
                     preview += kept.slice(0, PREVIEW_ROWS - len(preview)).to_pylist()
         funnel = funnel.result()
     return EngagedPosts(
-        path=str(out_path), task=task, window_start=window.start, window_end=window.end, rows=rows,
-        funnel=funnel, rejected={r: rejected[r] for r in REJECTION_REASONS}, repairs={r: repairs[r] for r in REPAIRS},
+        path=str(out_path),
+        task=task,
+        window_start=window.start,
+        window_end=window.end,
+        rows=rows,
+        funnel=funnel,
+        rejected={r: rejected[r] for r in REJECTION_REASONS},
+        repairs={r: repairs[r] for r in REPAIRS},
         preview=preview,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -289,36 +304,45 @@ def _joined(lines: pa.Array) -> pa.Buffer | bytes:
     if len(lines) == 0:
         return b""
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
-    return lines.buffers()[2][int(offsets[0]):int(offsets[-1])]
+    return lines.buffers()[2][int(offsets[0]) : int(offsets[-1])]
 
 
-def _lines_of_batch(batch: pa.RecordBatch, task: str, options: DatasetOptions, sample_share: float,
-                    system_json: Callable[[str], str]) -> _Lines:  # fmt: skip
+def _lines_of_batch(
+    batch: pa.RecordBatch, task: str, options: DatasetOptions, sample_share: float, system_json: Callable[[str], str]
+) -> _Lines:
     """Lines are built a column at a time in C++ (``serialize_column``); Python touches only the
     rows whose tokens it must count."""
     ids, personas, inputs, hooks, bodies = batch.columns
     names = pc.unique(personas)
     systems = pa.array([system_json(name) for name in names.to_pylist()], type=pa.string())
-    lines = serialize_column(task, systems.take(pc.index_in(personas, value_set=names)), inputs, hooks, bodies,
-                             end="\n")  # fmt: skip
+    lines = serialize_column(
+        task, systems.take(pc.index_in(personas, value_set=names)), inputs, hooks, bodies, end="\n"
+    )
     # The cookbook's rules hold by construction (three messages, fixed roles and keys) but for
     # empty content, which is checked here: such a line is dropped, never written.
     texts = [inputs, hooks] + ([bodies] if task == "body" else [])
-    has_content = np.logical_and.reduce([
-        pc.fill_null(pc.and_(pc.greater(pc.utf8_length(t), 0), pc.invert(pc.utf8_is_space(t))), False)
-        .to_numpy(zero_copy_only=False)
-        for t in texts
-    ])  # fmt: skip
-    blank_systems = [name for name, system in zip(names.to_pylist(), systems.to_pylist()) if not json.loads(system).strip()]
+    has_content = np.logical_and.reduce(
+        [
+            pc.fill_null(pc.and_(pc.greater(pc.utf8_length(t), 0), pc.invert(pc.utf8_is_space(t))), False).to_numpy(
+                zero_copy_only=False
+            )
+            for t in texts
+        ]
+    )
+    blank_systems = [
+        name for name, system in zip(names.to_pylist(), systems.to_pylist()) if not json.loads(system).strip()
+    ]
     if blank_systems:
-        has_content &= ~pc.is_in(personas, value_set=pa.array(blank_systems, pa.string())).to_numpy(zero_copy_only=False)
+        has_content &= ~pc.is_in(personas, value_set=pa.array(blank_systems, pa.string())).to_numpy(
+            zero_copy_only=False
+        )
     dropped: Counter[str] = Counter({"over_token_limit": 0})
     dropped["invalid_format:missing_content"] += int((~has_content).sum())
     validation_rows, sample_rows = split_and_sample(ids.to_numpy(), options.validation_share, sample_share)
     sizes = pc.fill_null(pc.binary_length(lines), 1).to_numpy() - 1  # without the newline
     keep = has_content.copy()
     for row in np.flatnonzero(keep & (sizes > options.max_tokens_per_example)):  # the byte bound
-        if count_tokens(json.loads(lines[row].as_py())["messages"]) > options.max_tokens_per_example:
+        if count_message_tokens(json.loads(lines[row].as_py())["messages"]) > options.max_tokens_per_example:
             keep[row] = False
             dropped["over_token_limit"] += 1
     chosen = keep & ~validation_rows
@@ -327,16 +351,20 @@ def _lines_of_batch(batch: pa.RecordBatch, task: str, options: DatasetOptions, s
     preview: list[dict] = []
     for row in np.flatnonzero(chosen & (sample_rows | (sample_share >= 1.0))):
         messages = json.loads(lines[row].as_py())["messages"]
-        tokens.add_sample(int(sizes[row]), count_tokens(messages))
+        tokens.add_sample(int(sizes[row]), count_message_tokens(messages))
         if len(preview) < PREVIEW_ROWS:
-            preview.append({"post_id": ids[row].as_py(), "user": messages[1]["content"],
-                            "assistant": messages[2]["content"]})  # fmt: skip
+            preview.append(
+                {"post_id": ids[row].as_py(), "user": messages[1]["content"], "assistant": messages[2]["content"]}
+            )
     return _Lines(
         training=_joined(lines.filter(pa.array(chosen))),
         validation=_joined(lines.filter(pa.array(keep & validation_rows))),
-        training_lines=int(chosen.sum()), validation_lines=int((keep & validation_rows).sum()),
-        tokens=tokens, dropped=dropped, preview=preview,
-    )  # fmt: skip
+        training_lines=int(chosen.sum()),
+        validation_lines=int((keep & validation_rows).sum()),
+        tokens=tokens,
+        dropped=dropped,
+        preview=preview,
+    )
 
 
 def _concatenate(parts: list[Path], target: Path) -> bytes:
@@ -352,8 +380,9 @@ def _concatenate(parts: list[Path], target: Path) -> bytes:
     return digest.digest()
 
 
-def build_training_files(engaged: EngagedPosts, out_dir: Path, options: DatasetOptions,
-                         threads: int | None = None) -> TrainingDataset:  # fmt: skip
+def build_training_files(
+    engaged: EngagedPosts, out_dir: Path, options: DatasetOptions, threads: int | None = None
+) -> TrainingDataset:
     """Write training.jsonl and validation.jsonl for the engaged posts of one task."""
     out_dir.mkdir(parents=True, exist_ok=True)
     training_path, validation_path = out_dir / "training.jsonl", out_dir / "validation.jsonl"
@@ -362,8 +391,9 @@ def build_training_files(engaged: EngagedPosts, out_dir: Path, options: DatasetO
 
     def system_json(persona: str) -> str:
         if persona not in systems:
-            systems[persona] = json.dumps(system_message(persona, engaged.task, options.system_templates),
-                                          ensure_ascii=False)  # fmt: skip
+            systems[persona] = json.dumps(
+                system_message(persona, engaged.task, options.system_templates), ensure_ascii=False
+            )
         return systems[persona]
 
     training, validation = SplitFile(training_path), SplitFile(validation_path)
@@ -372,22 +402,27 @@ def build_training_files(engaged: EngagedPosts, out_dir: Path, options: DatasetO
     preview: list[dict] = []
     # pre_buffer=False: pre-buffering reads row groups ahead, and its memory grows with the file.
     batches = pq.ParquetFile(engaged.path, pre_buffer=False).iter_batches(
-        batch_size=BATCH_ROWS, columns=["id", "persona_id", "original_input", "hook", "body"])
+        batch_size=BATCH_ROWS, columns=["id", "persona_id", "original_input", "hook", "body"]
+    )
     with WriterThread() as writer:
-        for lines in map_in_order(lambda batch: _lines_of_batch(batch, engaged.task, options, sample_share,
-                                                                system_json), batches, threads or default_threads()):  # fmt: skip
+        for lines in map_in_order(
+            lambda batch: _lines_of_batch(batch, engaged.task, options, sample_share, system_json),
+            batches,
+            threads or default_threads(),
+        ):
             writer.submit(training.write, lines.training, lines.training_lines)
             writer.submit(validation.write, lines.validation, lines.validation_lines)
             tokens = TokenStats.combined([tokens, lines.tokens])
             dropped.update(lines.dropped)
-            preview += lines.preview[:PREVIEW_ROWS - len(preview)]
+            preview += lines.preview[: PREVIEW_ROWS - len(preview)]
     training_digest, validation_digest = training.close(), validation.close()
     training_lines, validation_lines = training.lines, validation.lines
     has_validation = validation_lines >= options.min_validation_examples
     if not has_validation:
         # Too few for a meaningful validation loss: fold them into training instead.
-        training_digest = _concatenate([training_path.rename(out_dir / "training.part.jsonl"),
-                                        validation_path], training_path)  # fmt: skip
+        training_digest = _concatenate(
+            [training_path.rename(out_dir / "training.part.jsonl"), validation_path], training_path
+        )
         validation_digest = None
         tokens = _recount_tokens(training_path)
         training_lines, validation_lines = training_lines + validation_lines, 0
@@ -421,5 +456,5 @@ def _recount_tokens(path: Path) -> TokenStats:
         for line in handle:
             line = line.rstrip(b"\n")
             stats.add_bytes(len(line))
-            stats.add_sample(len(line), count_tokens(json.loads(line)["messages"]))
+            stats.add_sample(len(line), count_message_tokens(json.loads(line)["messages"]))
     return stats

@@ -1,6 +1,6 @@
-"""Fine-tuning providers behind one small interface (see :mod:`ftp_assets.providers.base`)."""
+"""Fine-tuning providers behind one small interface (see :mod:`ftp_assets.adapters.providers.base`)."""
 
-from ftp_assets.providers.base import (
+from ftp_assets.adapters.providers.base import (
     BudgetExceeded,
     FineTuneJob,
     FineTuneRequest,
@@ -14,8 +14,8 @@ from ftp_assets.providers.base import (
     StepMetrics,
     Submission,
 )
-from ftp_assets.providers.openai_provider import OpenAIFineTuningProvider
-from ftp_assets.providers.runner import run_fine_tune
+from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider
+from ftp_assets.adapters.providers.runner import run_fine_tune
 
 __all__ = [
     "BudgetExceeded",

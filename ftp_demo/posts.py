@@ -7,7 +7,7 @@ recognizable instead by their model id (:data:`DEMO_AGENT_MODEL`), by living in 
 database, and by this notice, which the README repeats.
 
 :func:`write_post` writes one post for a persona from templates: hooks of varied styles (some
-with the features the audience model of :mod:`ftp_assets.domain.audience` rewards, some without)
+with the features the audience model of :mod:`ftp_demo.audience` rewards, some without)
 and bodies of a few sentences, sometimes with a short list, sometimes with a takeaway.
 
 :func:`generate_demo_posts` yields rows of the posts contract (DESIGN.md §2) with reactions drawn
@@ -23,15 +23,15 @@ import re
 import unicodedata
 from collections import deque
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from ftp_assets.domain.audience import PERSONAS, simulate_reactions
+from ftp_demo.audience import PERSONAS, simulate_reactions
 
 SYNTHETIC_DATA_NOTICE = (
-    "Synthetic demo data: posts written from templates by ftp_assets.domain.demo_posts and "
-    "reactions drawn from the simulated audience of ftp_assets.domain.audience. No real posts, "
+    "Synthetic demo data: posts written from templates by ftp_demo.posts and "
+    "reactions drawn from the simulated audience of ftp_demo.audience. No real posts, "
     "people or audiences."
 )
 # The agent's current model; the demo's champion until a fine-tuned model wins an experiment.
@@ -75,27 +75,63 @@ _BODY_EMOJI_SHARE = 0.06
 
 _TOPICS = {
     "growth_marketer": [
-        "cold email", "landing pages", "onboarding emails", "pricing pages", "newsletter growth",
-        "A/B tests", "SEO content", "referral programs", "webinars", "churn surveys",
+        "cold email",
+        "landing pages",
+        "onboarding emails",
+        "pricing pages",
+        "newsletter growth",
+        "A/B tests",
+        "SEO content",
+        "referral programs",
+        "webinars",
+        "churn surveys",
     ],
     "indie_dev": [
-        "shipping side projects", "pricing a SaaS", "Postgres indexes", "launch day",
-        "technical debt", "writing docs", "open source maintenance", "solo founder burnout",
-        "feature flags", "error monitoring",
+        "shipping side projects",
+        "pricing a SaaS",
+        "Postgres indexes",
+        "launch day",
+        "technical debt",
+        "writing docs",
+        "open source maintenance",
+        "solo founder burnout",
+        "feature flags",
+        "error monitoring",
     ],
     "fitness_coach": [
-        "morning workouts", "protein intake", "progressive overload", "sleep and recovery",
-        "daily walks", "home workouts", "mobility work", "habit streaks", "rest days",
+        "morning workouts",
+        "protein intake",
+        "progressive overload",
+        "sleep and recovery",
+        "daily walks",
+        "home workouts",
+        "mobility work",
+        "habit streaks",
+        "rest days",
         "meal prep",
     ],
     "money_coach": [
-        "emergency funds", "index funds", "monthly budgets", "paying off debt",
-        "salary negotiation", "subscriptions", "retirement accounts", "side income",
-        "cutting impulse buys", "money talks with a partner",
+        "emergency funds",
+        "index funds",
+        "monthly budgets",
+        "paying off debt",
+        "salary negotiation",
+        "subscriptions",
+        "retirement accounts",
+        "side income",
+        "cutting impulse buys",
+        "money talks with a partner",
     ],
     "product_designer": [
-        "user interviews", "onboarding flows", "design systems", "empty states",
-        "accessibility", "prototyping", "design critiques", "design reviews", "form design",
+        "user interviews",
+        "onboarding flows",
+        "design systems",
+        "empty states",
+        "accessibility",
+        "prototyping",
+        "design critiques",
+        "design reviews",
+        "form design",
         "usability tests",
     ],
 }
@@ -109,34 +145,54 @@ _AUDIENCES = {
 # Concrete tips (imperative, no final period): list items and takeaways.
 _TIPS = {
     "growth_marketer": [
-        "cut the first paragraph of every email", "put the price on the landing page",
-        "send one email per week, same day", "ask churned users one question only",
-        "test the headline before the button colour", "reply to every new subscriber by hand",
-        "turn your best thread into a landing page", "track one number per channel",
+        "cut the first paragraph of every email",
+        "put the price on the landing page",
+        "send one email per week, same day",
+        "ask churned users one question only",
+        "test the headline before the button colour",
+        "reply to every new subscriber by hand",
+        "turn your best thread into a landing page",
+        "track one number per channel",
     ],
     "indie_dev": [
-        "ship the ugly version first", "charge from day one", "write the README before the code",
-        "add an index before adding a cache", "keep a changelog people can read",
-        "automate the deploy before the second user", "say no to one feature a week",
+        "ship the ugly version first",
+        "charge from day one",
+        "write the README before the code",
+        "add an index before adding a cache",
+        "keep a changelog people can read",
+        "automate the deploy before the second user",
+        "say no to one feature a week",
         "log every error with the user's action",
     ],
     "fitness_coach": [
-        "walk ten minutes after each meal", "add one set, not more weight",
-        "eat protein at breakfast", "keep the same bedtime on weekends",
-        "lay out your shoes the night before", "train the movement, not the muscle",
-        "take a real rest day every week", "stretch while the coffee brews",
+        "walk ten minutes after each meal",
+        "add one set, not more weight",
+        "eat protein at breakfast",
+        "keep the same bedtime on weekends",
+        "lay out your shoes the night before",
+        "train the movement, not the muscle",
+        "take a real rest day every week",
+        "stretch while the coffee brews",
     ],
     "money_coach": [
-        "automate the transfer on payday", "cancel one subscription today",
-        "wait 48 hours before any buy over 100", "pay the smallest card first",
-        "keep three months of rent aside", "raise your savings rate with every raise",
-        "check fees before returns", "write down every purchase for a week",
+        "automate the transfer on payday",
+        "cancel one subscription today",
+        "wait 48 hours before any buy over 100",
+        "pay the smallest card first",
+        "keep three months of rent aside",
+        "raise your savings rate with every raise",
+        "check fees before returns",
+        "write down every purchase for a week",
     ],
     "product_designer": [
-        "ask about the last time, not the usual time", "design the empty state first",
-        "test with five users, then fix", "write the error message before the happy path",
-        "check contrast before colour", "name components after what they do",
-        "show the prototype, not the spec", "remove one field from every form",
+        "ask about the last time, not the usual time",
+        "design the empty state first",
+        "test with five users, then fix",
+        "write the error message before the happy path",
+        "check contrast before colour",
+        "name components after what they do",
+        "show the prototype, not the spec",
+        "remove one field from every form",
     ],
 }
 # Observations written for each persona (full sentences; {topic} is filled in).
@@ -326,7 +382,7 @@ def generate_demo_posts_with_labels(
     if end.tzinfo is None or end.utcoffset() is None:
         raise ValueError(f"end must be timezone-aware, got {end!r}")
     rng = np.random.default_rng(seed)
-    start = end.astimezone(timezone.utc) - timedelta(days=days)
+    start = end.astimezone(UTC) - timedelta(days=days)
     span_us = days * 86_400 * 1_000_000
     dirty_positions, dirty_kind_indices = _plan_dirty_rows(rng, n, dirty_share)
     next_dirty = 0
@@ -408,7 +464,9 @@ def _apply_text_defect(
             fields["hook"] = f"{hook} (write to {email})"
     elif kind == "phone_in_text":
         phone = _pick(rng, _PHONE_TEMPLATES).format(
-            d2=f"{int(rng.integers(100)):02d}", d3=f"{int(rng.integers(1000)):03d}", d4=f"{int(rng.integers(10000)):04d}"
+            d2=f"{int(rng.integers(100)):02d}",
+            d3=f"{int(rng.integers(1000)):03d}",
+            d4=f"{int(rng.integers(10000)):04d}",
         )
         if rng.random() < 0.5:
             fields["body"] = f"{body} Call or text me on {phone}."

@@ -3,7 +3,7 @@
 OpenAI stops accepting new self-serve fine-tuning jobs after 2027-01-06, so the training step
 talks to this small interface (submit, status, new events, result, cancel) and nothing else.
 Another OpenAI-compatible API (by ``base_url``) or a self-hosted trainer replaces OpenAI by
-implementing it; the assets and :func:`ftp_assets.providers.runner.run_fine_tune` stay as they are.
+implementing it; the assets and :func:`ftp_assets.adapters.providers.runner.run_fine_tune` stay as they are.
 """
 
 from __future__ import annotations

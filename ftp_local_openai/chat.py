@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 
+from ftp_assets.domain.tokens import encoding
+
 from .ngram import NGramModel, join_words
-from .tokens import encoding
 
 # Snapshots that can be fine-tuned here (id -> the Unix time OpenAI lists as created).
 BASE_MODELS = {

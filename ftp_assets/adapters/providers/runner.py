@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ftp_assets.providers.base import (
+from ftp_assets.adapters.providers.base import (
     CANCELLED,
     FAILED,
     SUCCEEDED,
@@ -109,9 +109,7 @@ def _submit(provider: FineTuningProvider, request: FineTuneRequest, log: Log, ba
                 raise FineTuningTimeout(job_id=None, timeout_s=backoff.timeout_s, last_status=None) from None
 
 
-def _poll_until_done(
-    provider: FineTuningProvider, job: FineTuneJob, log: Log, backoff: _Backoff
-) -> FineTuneResult:
+def _poll_until_done(provider: FineTuningProvider, job: FineTuneJob, log: Log, backoff: _Backoff) -> FineTuneResult:
     seen_event_ids: set[str] = set()
     while True:
         retry_after_s = None
@@ -142,10 +140,7 @@ def _cancel_after_interruption(provider: FineTuningProvider, job_id: str, log: L
         try:
             job = provider.cancel(job_id)
         except Exception as error:
-            log(
-                f"Run interrupted, but fine-tuning job {job_id} could not be cancelled ({error}); "
-                "cancel it by hand."
-            )
+            log(f"Run interrupted, but fine-tuning job {job_id} could not be cancelled ({error}); cancel it by hand.")
         else:
             log(f"Run interrupted: cancelled fine-tuning job {job_id} (status {job.status}).")
 

@@ -1,24 +1,89 @@
-"""``ab_test_result`` and ``registered_model``: evaluate the running experiment of a task and
-act on a final decision in the MLflow registry."""
+"""``ab_experiment``, ``ab_test_result`` and ``registered_model``: start the challenger's live
+experiment, evaluate it, and act on a final decision in the MLflow registry."""
 
 import base64
 import dataclasses
 import io
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from dagster import AssetExecutionContext, AssetRecordsFilter, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
-from ftp_assets.assets.data import parse_instant, run_created_at
-from ftp_assets.assets.fine_tuning import fine_tuned_model
+from ftp_assets.adapters.experiments_store import RUNNING, Experiment
+from ftp_assets.adapters.mlflow_registry import DECISION_TAG, champion, model_name, promote, reject
 from ftp_assets.domain.ab_stats import analyze, decide
-from ftp_assets.experiments_db import RUNNING, arm_outcomes
-from ftp_assets.mlflow_registry import champion, promote, reject
 from ftp_assets.partitions import task_partitions
 from ftp_assets.resources import ExperimentSettings, MlflowResource, PostsDatabaseResource
+from ftp_assets.run_context import configured_instant
+from ftp_assets.training.assets import FineTunedModel
 
 HISTORY_LOOKS = 50
+
+
+@dataclass(frozen=True)
+class StartedExperiment:
+    task: str
+    experiment_id: str | None  # None when the model was already judged (a re-run)
+    champion_model: str
+    challenger_model: str
+    registry_version: str
+
+
+@asset(
+    partitions_def=task_partitions,
+    group_name="experiment",
+    kinds={"sql", "mlflow"},
+    description="The live A/B experiment of the task's new challenger against its champion, "
+    "started in the experiments table the agent reads (none for a model already judged).",
+)
+def ab_experiment(
+    context: AssetExecutionContext,
+    fine_tuned_model: FineTunedModel,
+    mlflow: MlflowResource,
+    posts_db: PostsDatabaseResource,
+    experiment_settings: ExperimentSettings,
+) -> Output[StartedExperiment]:
+    task = context.partition_key
+    model = fine_tuned_model
+    client = mlflow.client()
+    with mlflow.errors():
+        version = client.get_model_version(model_name(task), model.registry_version)
+        current = champion(client, task)
+    champion_model = current.tags["provider_model_id"] if current else experiment_settings.agent_model(task)
+    experiment: Experiment | None = None
+    if DECISION_TAG in version.tags or champion_model == model.model_id:
+        # A re-run on a dataset whose model was already judged: the decision stands, no second test.
+        context.log.info(
+            f"{model.model_id} already has the decision '{version.tags.get(DECISION_TAG, 'promoted')}'"
+            "; no new experiment is started."
+        )
+    else:
+        experiment = posts_db.experiments().start(
+            task=task,
+            champion_model=champion_model,
+            challenger_model=model.model_id,
+            challenger_share=experiment_settings.challenger_share,
+            started_at=datetime.now(UTC),
+            registry_version=model.registry_version,
+        )
+    started = StartedExperiment(
+        task=task,
+        experiment_id=experiment.experiment_id if experiment else None,
+        champion_model=champion_model,
+        challenger_model=model.model_id,
+        registry_version=model.registry_version,
+    )
+    return Output(
+        started,
+        metadata={
+            "experiment_id": started.experiment_id or "none: the model was already judged",
+            "champion_model": champion_model,
+            "challenger_model": model.model_id,
+            "challenger_share": experiment_settings.challenger_share,
+            "registry_version": model.registry_version,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -76,8 +141,9 @@ def _lift_history_png(history: list[dict]) -> str:
 def _previous_looks(context: AssetExecutionContext, experiment_id: str) -> list[dict]:
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[context.partition_key]),
-        limit=HISTORY_LOOKS, ascending=False,
-    ).records  # fmt: skip
+        limit=HISTORY_LOOKS,
+        ascending=False,
+    ).records
     looks = []
     for record in reversed(records):
         metadata = record.asset_materialization.metadata
@@ -91,8 +157,8 @@ def _previous_looks(context: AssetExecutionContext, experiment_id: str) -> list[
     partitions_def=task_partitions,
     group_name="experiment",
     kinds={"sql", "scipy"},
-    # The experiment comes from the table fine_tuned_model writes, not from its output value.
-    deps=[fine_tuned_model],
+    # The experiment comes from the table ab_experiment writes, not from its output value.
+    deps=["ab_experiment"],
     description="The running experiment of the task, evaluated on matured posts with an "
     "always-valid interval: promote, reject or continue.",
 )
@@ -107,32 +173,59 @@ def ab_test_result(
     store = posts_db.experiments()
     experiment = store.get(config.experiment_id) if config.experiment_id else store.running(task)
     if experiment is None:
-        raise Failure(f"No experiment is running for the {task} task; fine_tuned_model starts one."
-                      if not config.experiment_id else f"There is no experiment {config.experiment_id}.")  # fmt: skip
+        raise Failure(
+            f"No experiment is running for the {task} task; ab_experiment starts one."
+            if not config.experiment_id
+            else f"There is no experiment {config.experiment_id}."
+        )
     if experiment.status != RUNNING or experiment.task != task:
-        raise Failure(f"Experiment {experiment.experiment_id} ({experiment.task}) is {experiment.status}, "
-                      f"not a running {task} experiment; nothing to evaluate.")  # fmt: skip
-    now = parse_instant(config.evaluated_at) if config.evaluated_at else run_created_at(context)
+        raise Failure(
+            f"Experiment {experiment.experiment_id} ({experiment.task}) is {experiment.status}, "
+            f"not a running {task} experiment; nothing to evaluate."
+        )
+    now = configured_instant(config.evaluated_at, context)
     if now < experiment.started_at:
-        raise Failure(f"The evaluation time {now.isoformat()} is before experiment {experiment.experiment_id} "
-                      f"started ({experiment.started_at.isoformat()}).")  # fmt: skip
+        raise Failure(
+            f"The evaluation time {now.isoformat()} is before experiment {experiment.experiment_id} "
+            f"started ({experiment.started_at.isoformat()})."
+        )
     matured_before = now - timedelta(hours=settings.maturity_hours)
-    outcomes = arm_outcomes(posts_db.open(), experiment, matured_before=matured_before)
+    outcomes = posts_db.open().arm_outcomes(
+        task,
+        control_model=experiment.champion_model,
+        treatment_model=experiment.challenger_model,
+        since=experiment.started_at,
+        matured_before=matured_before,
+    )
     analysis = analyze(
-        outcomes.control, outcomes.treatment, alpha=settings.alpha, challenger_share=experiment.challenger_share,
+        outcomes.control,
+        outcomes.treatment,
+        alpha=settings.alpha,
+        challenger_share=experiment.challenger_share,
         minimum_detectable_effect=settings.minimum_detectable_effect,
-    )  # fmt: skip
+    )
     decision = decide(
-        analysis, minimum_lift=settings.minimum_lift, srm_threshold=settings.srm_threshold,
-        started_at=experiment.started_at, now=now, max_duration_hours=settings.max_duration_hours,
-    )  # fmt: skip
+        analysis,
+        minimum_lift=settings.minimum_lift,
+        srm_threshold=settings.srm_threshold,
+        started_at=experiment.started_at,
+        now=now,
+        max_duration_hours=settings.max_duration_hours,
+    )
     statistics = dataclasses.asdict(analysis)
     result = AbTestResult(
-        task=task, experiment_id=experiment.experiment_id, decision=decision.decision, reason=decision.reason,
-        champion_model=experiment.champion_model, challenger_model=experiment.challenger_model,
-        registry_version=experiment.registry_version, started_at=experiment.started_at, evaluated_at=now,
-        data_until=outcomes.data_until, statistics=statistics,
-    )  # fmt: skip
+        task=task,
+        experiment_id=experiment.experiment_id,
+        decision=decision.decision,
+        reason=decision.reason,
+        champion_model=experiment.champion_model,
+        challenger_model=experiment.challenger_model,
+        registry_version=experiment.registry_version,
+        started_at=experiment.started_at,
+        evaluated_at=now,
+        data_until=outcomes.data_until,
+        statistics=statistics,
+    )
 
     def number(value):
         return None if value is None else float(value)
@@ -172,8 +265,9 @@ def ab_test_result(
         )
     context.log.info(f"{task}: {decision.decision}: {decision.reason}")
     # Every name is always there (dashboards rely on them); a missing figure is an explicit null.
-    return Output(result, metadata={key: MetadataValue.null() if value is None else value
-                                    for key, value in metadata.items()})  # fmt: skip
+    return Output(
+        result, metadata={key: MetadataValue.null() if value is None else value for key, value in metadata.items()}
+    )
 
 
 def _arms_table(analysis, experiment) -> str:
@@ -199,8 +293,18 @@ class RegisteredModel:
     champion_model: str | None
 
 
-DECISION_TAG_FIELDS = ("lift", "ci_lower", "ci_upper", "fixed_ci_lower", "fixed_ci_upper", "p_value",
-                       "srm_p_value", "chance_to_beat", "n_control", "n_treatment")  # fmt: skip
+DECISION_TAG_FIELDS = (
+    "lift",
+    "ci_lower",
+    "ci_upper",
+    "fixed_ci_lower",
+    "fixed_ci_upper",
+    "p_value",
+    "srm_p_value",
+    "chance_to_beat",
+    "n_control",
+    "n_treatment",
+)
 
 
 @asset(
@@ -226,8 +330,12 @@ def registered_model(
         current = champion(client, task)
     context.log.info(note)
     return Output(
-        RegisteredModel(task=task, action=action, champion_version=current.version if current else None,
-                        champion_model=current.tags.get("provider_model_id") if current else None),  # fmt: skip
+        RegisteredModel(
+            task=task,
+            action=action,
+            champion_version=current.version if current else None,
+            champion_model=current.tags.get("provider_model_id") if current else None,
+        ),
         metadata={
             "action": action,
             "note": note,
@@ -257,7 +365,12 @@ def _act_on_decision(task: str, result: AbTestResult, experiment, client, store)
         else:
             changed = reject(client, task, result.registry_version, result.reason, tags)
             action = "rejected"
-        store.finish(result.experiment_id, decision=result.decision, reason=result.reason,
-                     statistics=result.statistics, decided_at=result.evaluated_at)  # fmt: skip
+        store.finish(
+            result.experiment_id,
+            decision=result.decision,
+            reason=result.reason,
+            statistics=result.statistics,
+            decided_at=result.evaluated_at,
+        )
         note = f"Version {result.registry_version} {action}: {result.reason}" + ("" if changed else " (already done)")
     return action, note

@@ -8,27 +8,44 @@ PostgreSQL, through ADBC's driver, so that a million rows arrive as Arrow withou
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ftp_assets.domain.ab_stats import ArmStats
+
 POSTS_COLUMNS = (
-    "id", "persona_id", "original_input", "hook", "body", "created_at",
-    "impressions", "engagements", "hook_model", "body_model",
-)  # fmt: skip
+    "id",
+    "persona_id",
+    "original_input",
+    "hook",
+    "body",
+    "created_at",
+    "impressions",
+    "engagements",
+    "hook_model",
+    "body_model",
+)
 
 
 # The columns of the selection, as Arrow reads them.
-SELECTION_SCHEMA = pa.schema([
-    ("id", pa.int64()), ("persona_id", pa.string()), ("original_input", pa.string()), ("hook", pa.string()),
-    ("body", pa.string()), ("created_at", pa.timestamp("us", tz="UTC")), ("impressions", pa.int64()),
-    ("engagements", pa.int64()),
-])  # fmt: skip
+SELECTION_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("persona_id", pa.string()),
+        ("original_input", pa.string()),
+        ("hook", pa.string()),
+        ("body", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("impressions", pa.int64()),
+        ("engagements", pa.int64()),
+    ]
+)
 
 
 class PostsDatabaseError(Exception):
@@ -52,7 +69,7 @@ class UTCDateTime(sa.TypeDecorator):
 def as_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def posts_table(name: str = "posts", metadata: sa.MetaData | None = None) -> sa.Table:
@@ -124,12 +141,24 @@ class Window:
     end: datetime
 
 
+# The training window's length unless configured (engaged_posts, the data-threshold sensor).
+DEFAULT_WINDOW_DAYS = 7
+
+
 @dataclass(frozen=True)
 class SelectionRule:
     threshold: float = 0.06
     min_impressions: int = 100
     # Counts above this are treated as corrupt (no post of the agent reaches a billion views).
     max_impressions: int = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ArmOutcomes:
+    control: ArmStats
+    treatment: ArmStats
+    data_until: datetime | None  # the newest post included
+    excluded_impossible: int  # posts of either arm left out for impossible counts
 
 
 class PostsDatabase:
@@ -192,9 +221,11 @@ class PostsDatabase:
         """Counts a real post can have; anything else is corrupt and left out."""
         t = self.table.c
         return sa.and_(
-            t.impressions >= 0, t.engagements >= 0,
-            t.engagements <= t.impressions, t.impressions <= rule.max_impressions,
-        )  # fmt: skip
+            t.impressions >= 0,
+            t.engagements >= 0,
+            t.engagements <= t.impressions,
+            t.impressions <= rule.max_impressions,
+        )
 
     def selection_query(self, window: Window, rule: SelectionRule) -> sa.Select:
         """Qualifying posts, most engaging first (ties by id), so the first of a group of
@@ -202,8 +233,7 @@ class PostsDatabase:
         t = self.table.c
         rate = self._rate()
         return (
-            sa.select(t.id, t.persona_id, t.original_input, t.hook, t.body, t.created_at,
-                      t.impressions, t.engagements)  # fmt: skip
+            sa.select(t.id, t.persona_id, t.original_input, t.hook, t.body, t.created_at, t.impressions, t.engagements)
             .where(self._in_window(window), self.possible_counts(rule))
             .where(t.impressions >= rule.min_impressions, rate >= rule.threshold)
             .order_by(rate.desc(), t.id)
@@ -226,9 +256,9 @@ class PostsDatabase:
             count_if(sa.and_(valid, t.impressions > 0, t.impressions < rule.min_impressions)).label(
                 "below_min_impressions"
             ),
-            count_if(sa.and_(valid, t.impressions >= rule.min_impressions, t.impressions > 0, rate < rule.threshold)).label(
-                "below_threshold"
-            ),
+            count_if(
+                sa.and_(valid, t.impressions >= rule.min_impressions, t.impressions > 0, rate < rule.threshold)
+            ).label("below_threshold"),
         ).where(self._in_window(window))
         with self.read_only() as conn:
             row = conn.execute(query).one()._asdict()
@@ -241,7 +271,9 @@ class PostsDatabase:
         with self.read_only() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(selected)).scalar_one()
 
-    def stream_selection(self, window: Window, rule: SelectionRule, batch_rows: int = 20_000) -> Iterator[pa.RecordBatch]:
+    def stream_selection(
+        self, window: Window, rule: SelectionRule, batch_rows: int = 20_000
+    ) -> Iterator[pa.RecordBatch]:
         """The qualifying posts as Arrow record batches of ``SELECTION_SCHEMA``, in the query's
         order. PostgreSQL sends them through ADBC's driver (binary ``COPY``, decoded in C++ with
         the GIL released: no Python object per row); other databases through SQLAlchemy."""
@@ -253,8 +285,10 @@ class PostsDatabase:
             result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(query)
             for rows in result.partitions(batch_rows):
                 # pyarrow takes SQLite's naive timestamps (stored in UTC) as UTC.
-                yield pa.RecordBatch.from_arrays([pa.array(column, type=field.type) for column, field in
-                                                  zip(zip(*rows), SELECTION_SCHEMA)], schema=SELECTION_SCHEMA)  # fmt: skip
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(column, type=field.type) for column, field in zip(zip(*rows), SELECTION_SCHEMA)],
+                    schema=SELECTION_SCHEMA,
+                )
 
     def _adbc_batches(self, query: sa.Select) -> Iterator[pa.RecordBatch]:
         import adbc_driver_postgresql.dbapi as adbc
@@ -266,8 +300,9 @@ class PostsDatabase:
         try:
             conn = adbc.connect(uri, autocommit=False)
         except Exception as error:  # its message can quote the URI, password included
-            raise PostsDatabaseError(f"Cannot connect to the posts database at {redacted(self.url)}: "
-                                     f"{type(error).__name__}.") from None  # fmt: skip
+            raise PostsDatabaseError(
+                f"Cannot connect to the posts database at {redacted(self.url)}: {type(error).__name__}."
+            ) from None
         with conn, conn.cursor() as cursor:
             cursor.execute("SET TRANSACTION READ ONLY")
             # Batches of about 4 MB: the driver's default 16 MB costs memory and buys no speed.
@@ -292,6 +327,77 @@ class PostsDatabase:
                 conn.execute(self.table.insert(), batch)
                 inserted += len(batch)
         return inserted
+
+    def model_column(self, task: str) -> sa.Column:
+        """The column in which the agent records the model that wrote the task's text."""
+        return self.table.c.hook_model if task == "hook" else self.table.c.body_model
+
+    def arm_outcomes(
+        self,
+        task: str,
+        *,
+        control_model: str,
+        treatment_model: str,
+        since: datetime,
+        matured_before: datetime,
+        rule: SelectionRule = SelectionRule(),
+    ) -> ArmOutcomes:
+        """Both arms' sufficient statistics in one aggregate query: posts written by either model
+        since ``since`` and older than the maturity cut-off (the same rule for both arms)."""
+        t = self.table.c
+        model = self.model_column(task)
+        possible = self.possible_counts(rule)
+        x = sa.cast(t.engagements, sa.Float)
+        y = sa.cast(t.impressions, sa.Float)
+
+        def total(value):
+            return sa.func.coalesce(sa.func.sum(sa.case((possible, value), else_=0.0)), 0.0)
+
+        query = (
+            sa.select(
+                model.label("model"),
+                sa.func.coalesce(sa.func.sum(sa.case((possible, 1), else_=0)), 0).label("n"),
+                total(x).label("sum_x"),
+                total(y).label("sum_y"),
+                total(x * x).label("sum_x2"),
+                total(y * y).label("sum_y2"),
+                total(x * y).label("sum_xy"),
+                sa.func.max(t.created_at).label("newest"),
+                sa.func.coalesce(sa.func.sum(sa.case((possible, 0), else_=1)), 0).label("impossible"),
+            )
+            .where(model.in_([control_model, treatment_model]))
+            .where(t.created_at >= since, t.created_at < matured_before)
+            .group_by(model)
+        )
+        with self.read_only() as conn:
+            rows = {row.model: row for row in conn.execute(query)}
+
+        def arm(model_id: str) -> ArmStats:
+            row = rows.get(model_id)
+            if row is None:
+                return ArmStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+            return ArmStats(int(row.n), row.sum_x, row.sum_y, row.sum_x2, row.sum_y2, row.sum_xy)
+
+        newest = [row.newest for row in rows.values() if row.newest is not None]
+        return ArmOutcomes(
+            control=arm(control_model),
+            treatment=arm(treatment_model),
+            data_until=max(newest) if newest else None,
+            excluded_impossible=sum(int(row.impossible) for row in rows.values()),
+        )
+
+    def newest_post_by(
+        self, task: str, models: Sequence[str], *, since: datetime, matured_before: datetime
+    ) -> datetime | None:
+        """The cheap question the experiment sensor asks each tick: one index lookup per arm."""
+        t = self.table.c
+        query = sa.select(sa.func.max(t.created_at)).where(
+            self.model_column(task).in_(list(models)),
+            t.created_at >= since,
+            t.created_at < matured_before,
+        )
+        with self.read_only() as conn:
+            return conn.execute(query).scalar()
 
 
 def _rebatched(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

@@ -1,28 +1,22 @@
-"""``fine_tuned_model``: one fine-tuning job per task and dataset, recorded in MLflow, and the
-start of the model's A/B experiment."""
+"""``fine_tuned_model``: one fine-tuning job per task and dataset, recorded in MLflow and registered
+as the task's challenger."""
 
 import itertools
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
 from dagster_openai import OpenAIResource
 
-from ftp_assets.data_path import TrainingDataset
-from ftp_assets.mlflow_registry import DECISION_TAG, champion, log_fine_tune_run, register_challenger
+from ftp_assets.adapters.mlflow_registry import log_fine_tune_run, register_challenger
+from ftp_assets.adapters.posts_db import redacted
+from ftp_assets.adapters.providers.base import FineTuneRequest, FineTuningError
+from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider
+from ftp_assets.adapters.providers.runner import run_fine_tune
 from ftp_assets.partitions import task_partitions
-from ftp_assets.posts_db import redacted
-from ftp_assets.providers.base import FineTuneRequest, FineTuningError
-from ftp_assets.providers.openai_provider import OpenAIFineTuningProvider
-from ftp_assets.providers.runner import run_fine_tune
-from ftp_assets.resources import (
-    ExperimentSettings,
-    FineTuningSettings,
-    MlflowResource,
-    PostsDatabaseResource,
-)
+from ftp_assets.resources import FineTuningSettings, MlflowResource
+from ftp_assets.steps.data_path import TrainingDataset
 
 TRAINING_SAMPLE_LINES = 20
 
@@ -37,8 +31,6 @@ class FineTunedModel:
     dataset_hash: str
     mlflow_run_id: str
     registry_version: str
-    experiment_id: str | None  # None when the model was already judged (a re-run)
-    champion_model: str
 
 
 def _training_sample(dataset: TrainingDataset, folder: Path) -> Path:
@@ -54,7 +46,7 @@ def _training_sample(dataset: TrainingDataset, folder: Path) -> Path:
     kinds={"openai", "mlflow"},
     pool="fine_tuning",
     description="The task's model fine-tuned on training_jsonl (one paid job per dataset, found "
-    "again on retries), registered in MLflow as challenger, with its A/B experiment started.",
+    "again on retries), registered in MLflow as challenger.",
 )
 def fine_tuned_model(
     context: AssetExecutionContext,
@@ -62,8 +54,6 @@ def fine_tuned_model(
     openai: OpenAIResource,
     fine_tuning: FineTuningSettings,
     mlflow: MlflowResource,
-    posts_db: PostsDatabaseResource,
-    experiment_settings: ExperimentSettings,
 ) -> Output[FineTunedModel]:
     task = context.partition_key
     base_model = fine_tuning.base_model(task)
@@ -84,11 +74,15 @@ def fine_tuned_model(
         provider = OpenAIFineTuningProvider(client)
         try:
             result = run_fine_tune(
-                provider, request, log=context.log.info,
-                estimated_cost_usd=training_jsonl.estimated_cost_usd, budget_usd=fine_tuning.budget_usd,
+                provider,
+                request,
+                log=context.log.info,
+                estimated_cost_usd=training_jsonl.estimated_cost_usd,
+                budget_usd=fine_tuning.budget_usd,
                 timeout_s=fine_tuning.timeout_hours * 3600,
-                poll_initial_s=fine_tuning.poll_initial_seconds, poll_max_s=fine_tuning.poll_max_seconds,
-            )  # fmt: skip
+                poll_initial_s=fine_tuning.poll_initial_seconds,
+                poll_max_s=fine_tuning.poll_max_seconds,
+            )
         except FineTuningError as error:
             raise Failure(str(error)) from None
 
@@ -97,38 +91,43 @@ def fine_tuned_model(
     client = mlflow.client()
     with mlflow.errors(), tempfile.TemporaryDirectory() as folder:
         run_id = log_fine_tune_run(
-            client, task=task, dagster_run_id=context.run.run_id,
+            client,
+            task=task,
+            dagster_run_id=context.run.run_id,
             params={
-                "provider": provider.name, "base_model": base_model, "dataset_hash": training_jsonl.dataset_hash,
-                "n_epochs": request.n_epochs, "batch_size": request.batch_size,
-                "learning_rate_multiplier": request.learning_rate_multiplier, "seed": request.seed,
+                "provider": provider.name,
+                "base_model": base_model,
+                "dataset_hash": training_jsonl.dataset_hash,
+                "n_epochs": request.n_epochs,
+                "batch_size": request.batch_size,
+                "learning_rate_multiplier": request.learning_rate_multiplier,
+                "seed": request.seed,
                 "training_examples": training_jsonl.training_examples,
                 "validation_examples": training_jsonl.validation_examples,
-                "job_id": result.job_id, "model_id": result.model_id,
+                "job_id": result.job_id,
+                "model_id": result.model_id,
             },
-            step_metrics=[{"step": m.step, "train_loss": m.train_loss, "valid_loss": m.valid_loss}
-                          for m in result.step_metrics],
-            metrics={"trained_tokens": result.trained_tokens or 0, "cost_usd": actual_cost,
-                     "estimated_cost_usd": training_jsonl.estimated_cost_usd, "duration_s": result.duration_s},
+            step_metrics=[
+                {"step": m.step, "train_loss": m.train_loss, "valid_loss": m.valid_loss} for m in result.step_metrics
+            ],
+            metrics={
+                "trained_tokens": result.trained_tokens or 0,
+                "cost_usd": actual_cost,
+                "estimated_cost_usd": training_jsonl.estimated_cost_usd,
+                "duration_s": result.duration_s,
+            },
             sample_path=_training_sample(training_jsonl, Path(folder)),
-        )  # fmt: skip
+        )
         version = register_challenger(
-            client, task=task, run_id=run_id, provider_model_id=result.model_id, job_id=result.job_id,
-            training_file_id=result.training_file_id, dataset_hash=training_jsonl.dataset_hash, base_model=base_model,
-        )  # fmt: skip
-        current = champion(client, task)
-    champion_model = current.tags["provider_model_id"] if current else experiment_settings.agent_model(task)
-    if DECISION_TAG in version.tags or champion_model == result.model_id:
-        # A re-run on a dataset whose model was already judged: the decision stands, no second test.
-        experiment = None
-        context.log.info(f"{result.model_id} already has the decision '{version.tags.get(DECISION_TAG, 'promoted')}'"
-                         "; no new experiment is started.")  # fmt: skip
-    else:
-        experiment = posts_db.experiments().start(
-            task=task, champion_model=champion_model, challenger_model=result.model_id,
-            challenger_share=experiment_settings.challenger_share, started_at=datetime.now(timezone.utc),
-            registry_version=str(version.version),
-        )  # fmt: skip
+            client,
+            task=task,
+            run_id=run_id,
+            provider_model_id=result.model_id,
+            job_id=result.job_id,
+            training_file_id=result.training_file_id,
+            dataset_hash=training_jsonl.dataset_hash,
+            base_model=base_model,
+        )
     losses = [(m.step, m.train_loss) for m in result.step_metrics if m.train_loss is not None]
     metadata = {
         "provider": provider.name,
@@ -148,15 +147,17 @@ def fine_tuned_model(
         "mlflow_run_id": run_id,
         "mlflow_tracking_uri": redacted(mlflow.resolved_uri()),
         "registry_version": str(version.version),
-        "experiment_id": experiment.experiment_id if experiment else "none: the model was already judged",
-        "champion_model": champion_model,
     }
     return Output(
         FineTunedModel(
-            task=task, model_id=result.model_id, base_model=base_model, job_id=result.job_id,
-            training_file_id=result.training_file_id, dataset_hash=training_jsonl.dataset_hash,
-            mlflow_run_id=run_id, registry_version=str(version.version),
-            experiment_id=experiment.experiment_id if experiment else None, champion_model=champion_model,
-        ),  # fmt: skip
+            task=task,
+            model_id=result.model_id,
+            base_model=base_model,
+            job_id=result.job_id,
+            training_file_id=result.training_file_id,
+            dataset_hash=training_jsonl.dataset_hash,
+            mlflow_run_id=run_id,
+            registry_version=str(version.version),
+        ),
         metadata={key: value for key, value in metadata.items() if value is not None},
     )

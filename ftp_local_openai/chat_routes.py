@@ -9,10 +9,12 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from ftp_assets.domain.tokens import count_text_tokens
+
 from .chat import BASE_MODEL_REPLY, BASE_MODELS, MODEL_ALIASES, fine_tuned_reply, within_tokens
 from .responses import ApiError, not_found
 from .store import Store, new_id
-from .tokens import count_message_tokens, count_tokens, message_text
+from .tokens import count_message_tokens, message_text
 from .worker import ORGANIZATION_ID
 
 DEFAULT_MAX_TOKENS = 512
@@ -82,7 +84,7 @@ def chat_router(store: Store) -> APIRouter:
             # The same seed and prompt give the same reply; no seed, a fresh one each time.
             rng = random.Random(f"{request.seed}\n{prompt}") if request.seed is not None else random.Random()
             replies = [fine_tuned_reply(ngram, rng, request.temperature, max_tokens) for _ in range(request.n)]
-        completion_tokens = sum(count_tokens(text) for text, _ in replies)
+        completion_tokens = sum(count_text_tokens(text) for text, _ in replies)
         prompt_tokens = count_message_tokens(messages)
         return {
             "id": new_id("chatcmpl-", 29),

@@ -1,11 +1,17 @@
-"""Rollback of a task's champion: the Dagster job ``rollback_job`` and ``ftp rollback`` both call
-:func:`rollback_champion_of`."""
+"""The experiment's jobs: evaluate a task's running experiment, and roll a champion back.
+``ftp rollback`` calls the same :func:`rollback_champion_of` as ``rollback_job``."""
 
-from dagster import Config, OpExecutionContext, job, op
+from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job, job, op
 from pydantic import Field
 
-from ftp_assets.mlflow_registry import rollback
+from ftp_assets.adapters.mlflow_registry import rollback
 from ftp_assets.resources import MlflowResource
+
+experiment_evaluation = define_asset_job(
+    "experiment_evaluation",
+    selection=AssetSelection.assets("ab_test_result", "registered_model"),
+    description="Evaluate the task's running experiment and act on a final decision.",
+)
 
 
 def rollback_champion_of(mlflow: MlflowResource, task: str) -> str:

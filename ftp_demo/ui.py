@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from ftp_assets.adapters.mlflow_registry import local_tracking_uri
 from ftp_assets.home import home_path
-from ftp_assets.mlflow_registry import local_tracking_uri
 from ftp_assets.resources import LOCAL_OPENAI_PORT
 
 STOP_TIMEOUT_S = 20
@@ -31,16 +31,23 @@ def serve_uis(*, dagster_port: int, mlflow_port: int, openai_port: int = LOCAL_O
     signal.signal(signal.SIGTERM, _interrupt)
     commands = {
         "Dagster": [_bin("dagster"), "dev", "-m", "ftp_assets.definitions", "-p", str(dagster_port)],
-        "MLflow": [_bin("mlflow"), "ui", "--backend-store-uri", os.environ.get("MLFLOW_TRACKING_URI") or
-                   local_tracking_uri(home_path("mlflow")), "--port", str(mlflow_port), "--workers", "1"],
-    }  # fmt: skip
+        "MLflow": [
+            _bin("mlflow"),
+            "ui",
+            "--backend-store-uri",
+            os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(home_path("mlflow")),
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+        ],
+    }
     if not os.environ.get("OPENAI_API_KEY"):
         commands["local OpenAI"] = [_bin("ftp"), "local-openai", "--port", str(openai_port)]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     # Each child in its own session: Ctrl-C reaches this process only, which then stops them in
     # order, so none is left running (dagster dev ignores a SIGINT it inherits as ignored).
-    children = {name: subprocess.Popen(command, env=env, start_new_session=True)
-                for name, command in commands.items()}  # fmt: skip
+    children = {name: subprocess.Popen(command, env=env, start_new_session=True) for name, command in commands.items()}
     print(f"Dagster UI: http://127.0.0.1:{dagster_port}   MLflow UI: http://127.0.0.1:{mlflow_port}   (Ctrl-C stops)")
     try:
         while all(child.poll() is None for child in children.values()):

@@ -1,0 +1,29 @@
+"""The weekly training of every task."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import RunRequest, ScheduleDefinition, ScheduleEvaluationContext, schedule
+
+from ftp_assets.domain.dataset import TASKS
+from ftp_assets.training.jobs import training_cycle, training_run_request
+
+
+def weekly_training_schedule() -> ScheduleDefinition:
+    """By default each Sunday at 02:00 UTC (``FTP_TRAINING_CRON``, ``FTP_TRAINING_TIMEZONE``, read
+    when the code loads), each run's window ending at the tick's scheduled time, so a late or
+    retried run reads the same week."""
+
+    @schedule(
+        name="weekly_training",
+        job=training_cycle,
+        cron_schedule=os.environ.get("FTP_TRAINING_CRON", "").strip() or "0 2 * * 0",
+        execution_timezone=os.environ.get("FTP_TRAINING_TIMEZONE", "").strip() or "UTC",
+        description="The training cycle of every task over the week that ends at the tick.",
+    )
+    def weekly_training(context: ScheduleEvaluationContext) -> list[RunRequest]:
+        tick = context.scheduled_execution_time
+        return [training_run_request(task, tick, run_key=f"{task}-{tick.isoformat()}") for task in TASKS]
+
+    return weekly_training
