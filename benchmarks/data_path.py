@@ -90,9 +90,9 @@ def _chunk(rng: np.random.Generator, first: int, size: int) -> str:
     extras = rng.integers(0, 1000, size).tolist()
     lines = []
     for row, (post_id, offset, imp, eng) in enumerate(
-        zip(ids.tolist(), offsets.tolist(), impressions.tolist(), engagements.tolist())
+        zip(ids.tolist(), offsets.tolist(), impressions.tolist(), engagements.tolist(), strict=True)
     ):
-        w = [vocabulary[choice[row]] for vocabulary, choice in zip(_VOCABULARY, words)]
+        w = [vocabulary[choice[row]] for vocabulary, choice in zip(_VOCABULARY, words, strict=True)]
         extra = extras[row]
         created = (END - timedelta(seconds=offset + 1)).isoformat()
         hook = f"{w[0]} {extra % 20 + 2} {w[1]} {w[2]} about {w[3]}?"
@@ -354,7 +354,10 @@ def main() -> None:
     load(args.pg, args.reload)
     url = _server(args.pg, DB)
     print("\nPlan of the selection query (1 M window):\n" + explain(url) + "\n")
-    header = f"{'window':>6} {'path':>6} {'rows':>9} {'seconds':>8} {'peak MB':>8} {'trips':>6} {'vs floor':>9} {'naive/ours':>10}"
+    header = (
+        f"{'window':>6} {'path':>6} {'rows':>9} {'seconds':>8} {'peak MB':>8} {'trips':>6} "
+        f"{'vs floor':>9} {'naive/ours':>10}"
+    )
     print(header)
     for name, start, end in windows():
         floor = measure(run_floor, url, start, end, args.repeat)
@@ -380,7 +383,8 @@ def main() -> None:
             )
         )
         print(
-            f"{'':>6} ours: engaged_posts {ours['engaged_seconds']:.2f} s, training_jsonl {ours['jsonl_seconds']:.2f} s, "
+            f"{'':>6} ours: engaged_posts {ours['engaged_seconds']:.2f} s, "
+            f"training_jsonl {ours['jsonl_seconds']:.2f} s, "
             f"token estimate relative standard error {ours['token_rse']:.3%}",
             flush=True,
         )

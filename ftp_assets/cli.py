@@ -34,7 +34,7 @@ def missing_requirements(extra: str) -> list[str]:
             missing.append(requirement.name)
             continue
         if not requirement.specifier.contains(installed, prereleases=True):
-            missing.append(f"{requirement.name} {requirement.specifier} (found {installed})")
+            missing.append(f"{requirement.name}{requirement.specifier} (found {installed})")
     return missing
 
 
@@ -70,7 +70,10 @@ def cmd_db_init(args: argparse.Namespace) -> None:
         return
     db.init_schema()
     experiments.init_schema()
-    print(f"Posts and experiments tables ready in {db.engine.url.render_as_string(hide_password=True)}.")
+    print(
+        f"Posts table ready and experiments table at migration {experiments.schema_revision()} "
+        f"in {db.engine.url.render_as_string(hide_password=True)}."
+    )
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
@@ -106,10 +109,12 @@ def cmd_local_openai(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    from ftp_assets.experiment.jobs import rollback_champion_of
     from ftp_assets.resources import MlflowResource
+    from ftp_assets.steps.experiment import rollback_champion_of
 
-    print(rollback_champion_of(MlflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")), args.task))
+    mlflow = MlflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""))
+    with mlflow.errors():
+        print(rollback_champion_of(mlflow.client(), args.task))
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -133,9 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="the posts database").add_subparsers(dest="db_command", required=True)
     init = db.add_parser(
-        "init", help="create the posts and experiments tables and their indexes if missing (idempotent)"
+        "init", help="create the posts table and its indexes if missing, and migrate the experiments table (idempotent)"
     )
-    init.add_argument("--print-sql", action="store_true", help="print the DDL for the database instead")
+    init.add_argument(
+        "--print-sql",
+        action="store_true",
+        help="print the SQL for the database instead (the posts DDL and the migrations)",
+    )
     init.set_defaults(func=cmd_db_init)
 
     data = commands.add_parser("demo-data", help="fill the posts table with clearly synthetic posts")

@@ -3,6 +3,7 @@ with the resources they share. ``workspace.yaml`` and ``dagster dev -m ftp_asset
 load it."""
 
 import os
+from typing import overload
 
 from dagster import Definitions, EnvVar
 from dagster_openai import OpenAIResource
@@ -20,6 +21,10 @@ from ftp_assets.resources import (
 )
 
 
+@overload
+def _env_or(name: str, default: str) -> str | EnvVar: ...
+@overload
+def _env_or(name: str, default: None) -> str | EnvVar | None: ...
 def _env_or(name: str, default: str | None) -> str | EnvVar | None:
     """An EnvVar when the variable is set (its value then never shows in Dagster's config
     display), the embedded default otherwise."""

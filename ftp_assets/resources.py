@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from ftp_assets.adapters.posts_db import PostsDatabase, redacted
 from ftp_assets.home import ftp_home, home_path
+from ftp_assets.steps.experiment import DecisionRule
+from ftp_assets.steps.fine_tune import FineTuneOptions
 
 if TYPE_CHECKING:
     from ftp_assets.adapters.experiments_store import ExperimentStore
@@ -92,11 +94,29 @@ class FineTuningSettings(ConfigurableResource):
     def base_model(self, task: str) -> str:
         return self.hook_base_model if task == "hook" else self.body_base_model
 
-    def hyperparameter(self, name: str) -> str | int | float:
-        value = getattr(self, name)
-        if value == "auto":
-            return value
-        return float(value) if name == "learning_rate_multiplier" else int(value)
+    def fine_tune_options(self, task: str) -> FineTuneOptions:
+        """The settings as the fine-tuning step takes them; a hyperparameter is "auto" or a number."""
+
+        def number(name: str, kind: type[int] | type[float]) -> Any:
+            value = getattr(self, name)
+            if value == "auto":
+                return "auto"
+            try:
+                return kind(value)
+            except ValueError:
+                raise ValueError(f"{name} must be 'auto' or a number, got {value!r}.") from None
+
+        return FineTuneOptions(
+            base_model=self.base_model(task),
+            n_epochs=number("n_epochs", int),
+            batch_size=number("batch_size", int),
+            learning_rate_multiplier=number("learning_rate_multiplier", float),
+            seed=self.seed,
+            budget_usd=self.budget_usd,
+            timeout_s=self.timeout_hours * 3600,
+            poll_initial_s=self.poll_initial_seconds,
+            poll_max_s=self.poll_max_seconds,
+        )
 
 
 class MlflowResource(ConfigurableResource):
@@ -145,3 +165,13 @@ class ExperimentSettings(ConfigurableResource):
 
     def agent_model(self, task: str) -> str:
         return self.hook_agent_model if task == "hook" else self.body_agent_model
+
+    def decision_rule(self) -> DecisionRule:
+        return DecisionRule(
+            maturity_hours=self.maturity_hours,
+            alpha=self.alpha,
+            minimum_lift=self.minimum_lift,
+            minimum_detectable_effect=self.minimum_detectable_effect,
+            max_duration_hours=self.max_duration_hours,
+            srm_threshold=self.srm_threshold,
+        )

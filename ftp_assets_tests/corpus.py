@@ -1,4 +1,4 @@
-"""A small, hand-written corpus with one row of every kind of dirt DESIGN.md §2 names, plus
+"""A small, hand-written corpus with one row of every kind of dirt the data contract names (docs/data-contract.md), plus
 enough clean qualifying posts to train on. Each dirty row says what should happen to it."""
 
 from __future__ import annotations

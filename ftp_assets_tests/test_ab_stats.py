@@ -165,7 +165,7 @@ def arms(draw, min_posts=10, max_posts=60):
     size = draw(st.integers(min_value=min_posts, max_value=max_posts))
     impressions = draw(st.lists(st.integers(min_value=0, max_value=5000), min_size=size, max_size=size))
     rates = draw(st.lists(st.floats(min_value=0, max_value=1), min_size=size, max_size=size))
-    engagements = [math.floor(y * rate) for y, rate in zip(impressions, rates)]
+    engagements = [math.floor(y * rate) for y, rate in zip(impressions, rates, strict=True)]
     return ArmStats.from_arrays(engagements, impressions)
 
 

@@ -4,6 +4,7 @@ PostgreSQL database (and SQLite once)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +30,7 @@ from ftp_assets.adapters.mlflow_registry import local_tracking_uri
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.data.assets import engaged_posts, training_jsonl
 from ftp_assets.data.checks import enough_examples, valid_format
-from ftp_assets.experiment.sensors import experiment_evaluation_sensor
+from ftp_assets.experiment.sensors import evaluate_experiment_tick, experiment_evaluation_sensor
 from ftp_assets.resources import (
     DatasetStorage,
     ExperimentSettings,
@@ -370,3 +371,108 @@ def test_experiment_sensor_closes_an_experiment_whose_outcomes_stopped(posts, pg
     assert request.run_config["ops"]["ab_test_result"]["config"]["experiment_id"] == experiment.experiment_id
     again = tick(sensor, instance, pg_posts_url, overdue.cursor, maturity_hours=24, max_duration_hours=8)
     assert not again.run_requests
+
+
+# --- the experiment sensor's tick, called directly ------------------------------------------
+
+NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(posts) -> ExperimentStore:
+    store = ExperimentStore(posts.engine)
+    store.init_schema()
+    return store
+
+
+def start(store: ExperimentStore, challenger: str = CHALLENGER, started_at: datetime = NOW - timedelta(days=3)):
+    return store.start(
+        task="hook",
+        champion_model=CHAMPION,
+        challenger_model=challenger,
+        challenger_share=0.1,
+        started_at=started_at,
+        registry_version="1",
+    )
+
+
+def experiment_tick(store, posts, cursor, now=NOW, max_duration=timedelta(days=7)):
+    return evaluate_experiment_tick(
+        store, posts, cursor, now=now, maturity=timedelta(hours=24), max_duration=max_duration
+    )
+
+
+def test_tick_requests_an_evaluation_when_a_new_outcome_has_matured(posts, store):
+    experiment = start(store)
+    newest = NOW - timedelta(days=2)
+    posts.insert_posts(arm_posts(1, newest - timedelta(hours=5)) + arm_posts(10, newest))
+
+    tick = experiment_tick(store, posts, None)
+    (request,) = tick.run_requests
+    assert tick.skip_reason is None
+    assert request.run_key == f"{experiment.experiment_id}-{newest.isoformat()}" and request.partition_key == "hook"
+    assert request.run_config["ops"]["ab_test_result"]["config"] == {
+        "experiment_id": experiment.experiment_id,
+        "evaluated_at": NOW.isoformat(),
+    }
+
+    # An outcome still gathering reactions is not new yet; once it has matured, it is.
+    posts.insert_posts(arm_posts(20, NOW - timedelta(hours=2)))
+    skipped = experiment_tick(store, posts, tick.cursor, now=NOW + timedelta(hours=21))
+    assert not skipped.run_requests
+    (later,) = experiment_tick(store, posts, skipped.cursor, now=NOW + timedelta(hours=23)).run_requests
+    assert later.run_key == f"{experiment.experiment_id}-{(NOW - timedelta(hours=2)).isoformat()}"
+
+
+def test_tick_without_a_new_outcome_skips_and_says_why(posts, store):
+    experiment = start(store)
+    posts.insert_posts(arm_posts(1, NOW - timedelta(days=2)))
+    first = experiment_tick(store, posts, None)
+    assert first.run_requests
+
+    again = experiment_tick(store, posts, first.cursor, now=NOW + timedelta(hours=1))
+    assert again.run_requests == []
+    assert again.skip_reason == (
+        f"hook: no new matured outcome for {experiment.experiment_id}. body: no running experiment."
+    )
+    assert again.cursor == first.cursor
+
+
+def test_tick_past_the_deadline_requests_one_last_evaluation_and_not_again(posts, store):
+    experiment = start(store, started_at=NOW - timedelta(hours=10))
+    within = experiment_tick(store, posts, None, max_duration=timedelta(hours=24))
+    assert not within.run_requests
+
+    overdue = experiment_tick(store, posts, within.cursor, max_duration=timedelta(hours=8))
+    (request,) = overdue.run_requests
+    assert request.run_key == f"{experiment.experiment_id}-none-after-deadline"
+    assert request.run_config["ops"]["ab_test_result"]["config"]["experiment_id"] == experiment.experiment_id
+    again = experiment_tick(store, posts, overdue.cursor, now=NOW + timedelta(hours=1), max_duration=timedelta(hours=8))
+    assert not again.run_requests
+
+    # After the deadline a new outcome is evaluated as any other, without the suffix.
+    posts.insert_posts(arm_posts(1, NOW - timedelta(hours=9)))
+    (late,) = experiment_tick(
+        store, posts, again.cursor, now=NOW + timedelta(days=1), max_duration=timedelta(hours=8)
+    ).run_requests
+    assert late.run_key == f"{experiment.experiment_id}-{(NOW - timedelta(hours=9)).isoformat()}"
+
+
+def test_tick_starts_over_for_an_experiment_that_replaced_the_last_one(posts, store):
+    first = start(store)
+    posts.insert_posts(arm_posts(1, NOW - timedelta(days=2)))
+    evaluated = experiment_tick(store, posts, None)
+    assert evaluated.run_requests
+
+    # A new challenger replaces the experiment; the champion's posts are its outcomes too.
+    second = start(store, challenger="ft:gpt-4o-mini-2024-07-18:local:threads-hook:def456")
+    assert second.experiment_id != first.experiment_id
+    (request,) = experiment_tick(store, posts, evaluated.cursor).run_requests
+    assert request.run_key == f"{second.experiment_id}-{(NOW - timedelta(days=2)).isoformat()}"
+    assert request.run_config["ops"]["ab_test_result"]["config"]["experiment_id"] == second.experiment_id
+
+    # With no experiment running, the task is dropped from the cursor.
+    store.finish(second.experiment_id, decision="reject", reason="test", statistics={}, decided_at=NOW)
+    closed = experiment_tick(store, posts, evaluated.cursor)
+    assert not closed.run_requests and "hook: no running experiment." in closed.skip_reason
+    assert "hook" not in json.loads(closed.cursor)

@@ -2,10 +2,12 @@
 
 import subprocess
 import sys
+from importlib import metadata
 
 import pytest
 
-from ftp_assets.cli import main
+from ftp_assets import cli
+from ftp_assets.cli import LOCAL_EXTRA, main, missing_requirements
 
 
 def test_help_lists_every_command():
@@ -46,3 +48,26 @@ def test_db_init_is_idempotent_and_demo_data_appends(pg_posts_url, monkeypatch, 
 def test_rollback_with_nothing_to_roll_back_says_so(capsys):
     assert main(["rollback", "--task", "hook"]) == 1
     assert "Nothing to roll back: threads_agent_hook_model has no previous-champion alias" in capsys.readouterr().err
+
+
+def test_local_extra_is_found_where_installed():
+    """The test environment installs the local extra: nothing of it is missing."""
+    assert missing_requirements(LOCAL_EXTRA) == []
+
+
+def test_a_requirement_missing_from_an_extra_is_named(monkeypatch):
+    requires = metadata.requires("ftp_assets") or []
+    absent = ['ftp-no-such-package>=1; extra == "local"', 'fastapi>=999; extra == "local"']
+    monkeypatch.setattr(cli.metadata, "requires", lambda name: [*requires, *absent])
+    missing = missing_requirements(LOCAL_EXTRA)
+    assert missing[0] == "ftp-no-such-package"
+    assert missing[1].startswith("fastapi>=999 (found ")
+    assert len(missing) == 2
+
+
+def test_a_command_of_the_local_extra_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setattr(cli.metadata, "requires", lambda name: ['ftp-no-such-package>=1; extra == "local"'])
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "`ftp demo` needs the project's local extra (ftp-no-such-package missing)" in err
+    assert "pip install -e '.[local]'" in err

@@ -181,7 +181,8 @@ def test_daemon_sensor_launches_a_training_that_succeeds(
             (run,) = wait_for(
                 "the sensor's training run to finish",
                 lambda: finished_training(instance),
-                timeout=150,
+                # A process per step (the daemon's default executor) on a shared two-core machine.
+                timeout=300,
                 log=log,
                 interval=2,
             )

@@ -3,6 +3,7 @@
 import json
 import uuid
 from datetime import UTC, timedelta
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -49,6 +50,23 @@ def test_dirty_corpus_every_row_accounted_for(posts_url, task, tmp_path):
         assert result.success
         engaged = result.output_for_node("engaged_posts")
         dataset = result.output_for_node("training_jsonl")
+        engaged_metadata = result.asset_materializations_for_node("engaged_posts")[0].metadata
+        dataset_metadata = result.asset_materializations_for_node("training_jsonl")[0].metadata
+
+    # The counts and previews in the metadata are tables of what the steps returned.
+    def counts(table, header=("reason", "posts")):
+        return {record.data[header[0]]: record.data[header[1]] for record in table.records}
+
+    assert counts(engaged_metadata["rejected"]) == engaged.rejected
+    assert counts(engaged_metadata["selection_funnel"]) == engaged.funnel
+    assert counts(engaged_metadata["repairs"], ("repair", "count")) == engaged.repairs
+    assert counts(dataset_metadata["dropped"]) == dataset.dropped
+    preview = engaged_metadata["preview"]
+    assert [column.type for column in preview.schema.columns] == ["int", "string", "float", "string", "string"]
+    assert [record.data["id"] for record in preview.records] == [row["id"] for row in engaged.preview]
+    assert [record.data["post_id"] for record in dataset_metadata["preview"].records] == [
+        row["post_id"] for row in dataset.preview
+    ]
 
     fates = {row["id"]: (hook if task == "hook" else body) for row, hook, body in DIRTY}
     expected_kept = {i for i, fate in fates.items() if fate == "kept"} | {r["id"] for r in clean_posts(120)}
@@ -61,7 +79,7 @@ def test_dirty_corpus_every_row_accounted_for(posts_url, task, tmp_path):
     assert engaged.funnel["in_window"] == len(rows) - 2  # two rows lie outside the window
 
     # Repairs: PII replaced and counted, odd Unicode normalized.
-    by_id = dict(zip(table["id"], zip(table["hook"], table["body"])))
+    by_id = dict(zip(table["id"], zip(table["hook"], table["body"], strict=True), strict=True))
     assert by_id[16][0] == "Mail me at [email]"
     assert engaged.repairs["emails_replaced"] == 1
     if task == "body":
@@ -71,7 +89,12 @@ def test_dirty_corpus_every_row_accounted_for(posts_url, task, tmp_path):
     assert by_id[15][0] == "Ship it 🚀👩‍💻 café"  # the emoji's zero-width joiner survives
 
     # The JSONL: every written line is a valid example of the task, split by post id.
-    lines = [json.loads(l) for p in (dataset.training_path, dataset.validation_path) if p for l in open(p)]
+    lines = [
+        json.loads(line)
+        for path in (dataset.training_path, dataset.validation_path)
+        if path
+        for line in Path(path).read_text().splitlines()
+    ]
     assert len(lines) == dataset.examples == len(expected_kept)
     assert dataset.validation_examples > 0
     for example in lines:
@@ -96,7 +119,7 @@ def test_retry_reads_the_same_rows_and_hash(tmp_path, pg_posts_url):
         db.insert_posts(clean_posts(5, first_id=60_000))  # inside the window: a different dataset
         changed = run(pg_posts_url, "hook", instance, tmp_path / "changed").output_for_node("training_jsonl")
     assert retried.dataset_hash == first.dataset_hash
-    assert open(retried.training_path, "rb").read() == open(first.training_path, "rb").read()
+    assert Path(retried.training_path).read_bytes() == Path(first.training_path).read_bytes()
     assert changed.dataset_hash != first.dataset_hash
     assert changed.examples == first.examples + 5
 
@@ -198,7 +221,7 @@ def test_threads_and_batches_change_nothing_in_the_result(pg_posts_url, tmp_path
     assert one.rejected == two.rejected and one.rejected["duplicate_exact"] > 0
     assert one.repairs == two.repairs and one.preview == two.preview
     assert one_set.dataset_hash == two_set.dataset_hash
-    assert open(one_set.training_path, "rb").read() == open(two_set.training_path, "rb").read()
+    assert Path(one_set.training_path).read_bytes() == Path(two_set.training_path).read_bytes()
     assert one_set.training_tokens == two_set.training_tokens and not one_set.tokens_exact
 
 
@@ -268,5 +291,5 @@ def test_a_blank_system_message_drops_its_lines_and_counts_them(tmp_path):
     dataset = build_training_files(engaged, tmp_path, DatasetOptions(system_templates={"silent_persona": "  \n"}))
     assert dataset.dropped["invalid_format:missing_content"] == 15
     assert dataset.examples == engaged.rows - 15 == 25
-    lines = [json.loads(line) for line in open(dataset.training_path)]
+    lines = [json.loads(line) for line in Path(dataset.training_path).read_text().splitlines()]
     assert all(line["messages"][0]["content"].strip() for line in lines)

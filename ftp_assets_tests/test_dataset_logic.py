@@ -228,11 +228,11 @@ def test_column_serialization_writes_the_bytes_of_json_dumps(rows, task, templat
     if not cleaned:
         return
     system = system_message("p", task, {"default": template.replace("{", "(").replace("}", ")")})
-    inputs, hooks, bodies = (pa.array(list(column), type=pa.string()) for column in zip(*cleaned))
+    inputs, hooks, bodies = (pa.array(list(column), type=pa.string()) for column in zip(*cleaned, strict=True))
     lines = serialize_column(
         task, pa.array([json.dumps(system, ensure_ascii=False)] * len(cleaned)), inputs, hooks, bodies
     ).to_pylist()
-    for line, (original_input, hook, body) in zip(lines, cleaned):
+    for line, (original_input, hook, body) in zip(lines, cleaned, strict=True):
         assert line.encode() == serialize(build_example(task, system, original_input, hook, body))
 
 
@@ -244,8 +244,8 @@ hostile_text = st.one_of(
     st.none(),
     st.lists(
         st.sampled_from(
-            list("abcXYZ 019.,@+-()_!?\n\t")
-            + [
+            [
+                *"abcXYZ 019.,@+-()_!?\n\t",
                 "é",
                 "É",
                 "ß",
@@ -298,7 +298,7 @@ def test_column_cleaning_decides_as_the_row_wise_rules(rows):
 
     from ftp_assets.domain.clean_columns import clean_columns, dedup_key_hashes, text_hashes
 
-    columns = [pa.array(list(column), type=pa.string()) for column in zip(*rows)]
+    columns = [pa.array(list(column), type=pa.string()) for column in zip(*rows, strict=True)]
     result = clean_columns(columns, max_chars=30)
     reference = [clean_fields(row, max_chars=30) for row in rows]
     assert result.keep.tolist() == [reason is None for reason, _ in reference]

@@ -121,7 +121,7 @@ def test_files_upload_retrieve_list_and_content_keep_every_byte(local_openai):
     listed = strict_page(FileObject, client.files.with_raw_response.list(purpose="fine-tune"))
     assert [file.id for file in listed] == [uploaded.id]
     assert list(client.files.list(purpose="batch")) == []
-    with pytest.raises(openai.BadRequestError, match="Must be .jsonl"):
+    with pytest.raises(openai.BadRequestError, match=r"Must be \.jsonl"):
         client.files.create(file=("train.csv", content), purpose="fine-tune")
 
 

@@ -281,7 +281,7 @@ def test_rollback_restores_the_previous_champion_once(mlflow_client):
 
 
 def test_rollback_with_nothing_to_roll_back_raises_a_clear_error(mlflow_client):
-    with pytest.raises(RegistryError, match="Nothing to roll back.*champion is unset"):
+    with pytest.raises(RegistryError, match=r"Nothing to roll back.*champion is unset"):
         rollback(mlflow_client, "hook")
 
     only = register_fine_tuned(mlflow_client, "hook", 1)

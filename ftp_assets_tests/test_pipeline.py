@@ -80,6 +80,9 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
     assert version.tags["provider_model_id"] == model.model_id and version.tags["job_id"] == model.job_id
     materialization = trained.asset_materializations_for_node("fine_tuned_model")[0]
     assert materialization.metadata["job_id"].value == model.job_id
+    losses = materialization.metadata["train_loss_by_step"].records
+    assert [loss.data["step"] for loss in losses] == sorted(loss.data["step"] for loss in losses) and losses
+    assert losses[-1].data["train_loss"] == pytest.approx(materialization.metadata["final_train_loss"].value)
     # The provider's key reaches no event, log line, metadata value or MLflow parameter.
     key = local_openai.api_key
     assert all(key not in str(event) for event in trained.all_events)
@@ -136,6 +139,11 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
     assert result.decision == "promote", result.reason
     assert "lift_history" in metadata  # the plot of the looks so far
     assert metadata["ci_lower"].value > 0 and metadata["n_treatment"].value > 50
+    champion_arm, challenger_arm = (record.data for record in metadata["arms"].records)
+    assert (champion_arm["model"], champion_arm["posts"]) == (DEMO_AGENT_MODEL, metadata["n_control"].value)
+    assert (challenger_arm["model"], challenger_arm["posts"]) == (model.model_id, metadata["n_treatment"].value)
+    assert challenger_arm["engagement_rate"] == metadata["rate_treatment"].value
+    assert challenger_arm["ci_lower"] == metadata["ci_lower"].value and champion_arm["lift"] is None
     assert client.get_model_version_by_alias(model_name("hook"), "champion").version == version.version
     assert "challenger" not in client.get_registered_model(model_name("hook")).aliases
     assert store.get(result.experiment_id).status == "promoted"
@@ -172,7 +180,7 @@ def test_failed_job_fails_the_asset_and_nothing_downstream_runs(cycle, local_ope
 
 
 def test_too_few_examples_never_starts_a_job(cycle, local_openai):
-    db, resources, instance = cycle
+    _, resources, instance = cycle
     config = {"ops": {**WINDOW["ops"], "training_jsonl_enough_examples": {"config": {"min_examples": 100_000}}}}
     result = materialize(
         TRAINING, partition_key="body", run_config=config, resources=resources, instance=instance, raise_on_error=False

@@ -42,7 +42,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return not open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
 
 
 def test_ui_serves_the_three_services_and_stops_them_on_ctrl_c(tmp_path):

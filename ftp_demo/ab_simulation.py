@@ -144,7 +144,10 @@ def planned_total_posts(
         challenger_share=design.challenger_share,
         true_lift=0.0,
     )
-    return design.analyze(ArmStats(*control[0, 0]), ArmStats(*treatment[0, 0])).required_sample_total
+    pilot = design.analyze(ArmStats(*control[0, 0]), ArmStats(*treatment[0, 0]))
+    if pilot.required_sample_total is None:
+        raise ValueError(f"an A/A pilot of {pilot_posts} posts cannot plan a sample: {pilot.insufficient_data_reason}")
+    return pilot.required_sample_total
 
 
 def simulate_experiments(
@@ -172,7 +175,7 @@ def simulate_experiments(
         challenger_share=design.challenger_share,
         true_lift=true_lift,
     )
-    final = {"sequential": [], "naive": []}
+    final: dict[str, list[str]] = {"sequential": [], "naive": []}
     for experiment in range(experiments):
         open_rules = set(final)
         for look in range(looks):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -20,6 +21,10 @@ from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.domain.dataset import TASKS
 from ftp_assets.home import ftp_home, home_path
 from ftp_demo.posts import SYNTHETIC_DATA_NOTICE, generate_demo_posts
+
+if TYPE_CHECKING:
+    from ftp_assets.adapters.experiments_store import Experiment
+    from ftp_assets.steps.experiment import AbTestResult, RegisteredModel
 
 # The demo runs on the embedded defaults only; these would point it at production parts.
 PRODUCTION_SETTINGS = (
@@ -117,11 +122,19 @@ def _run_cycle(db: PostsDatabase, service, *, seed: int, posts_per_day: int) -> 
         )
 
     store = ExperimentStore(db.engine)
-    experiments = {task: store.running(task) for task in TASKS}
+    experiments: dict[str, Experiment] = {}
+    for task in TASKS:
+        running = store.running(task)
+        if running is None:
+            raise SystemExit(
+                f"No {task} experiment is running after its training cycle (a challenger judged before "
+                "starts none); see the log above or `ftp ui`."
+            )
+        experiments[task] = running
     started_at = max(e.started_at for e in experiments.values())
     maturity = timedelta(hours=ExperimentSettings().maturity_hours)
     client = openai.OpenAI(base_url=service.base_url, api_key=service.api_key)
-    decisions: dict[str, object] = {}
+    decisions: dict[str, tuple[AbTestResult, RegisteredModel]] = {}
 
     _say(
         f"SIMULATED week of the live experiment: {posts_per_day} posts a day, challenger share "

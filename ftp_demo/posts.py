@@ -4,13 +4,13 @@ Nothing here comes from a real post, person or audience (see :data:`SYNTHETIC_DA
 The posts read naturally on purpose: the pipeline trains on their text, so marking every row
 (a "[demo]" prefix, say) would teach the fine-tuned model to write the marker. The rows are
 recognizable instead by their model id (:data:`DEMO_AGENT_MODEL`), by living in the demo
-database, and by this notice, which the README repeats.
+database, and by this notice, which the demo prints.
 
 :func:`write_post` writes one post for a persona from templates: hooks of varied styles (some
 with the features the audience model of :mod:`ftp_demo.audience` rewards, some without)
 and bodies of a few sentences, sometimes with a short list, sometimes with a takeaway.
 
-:func:`generate_demo_posts` yields rows of the posts contract (DESIGN.md §2) with reactions drawn
+:func:`generate_demo_posts` yields rows of the posts contract (docs/data-contract.md) with reactions drawn
 from the audience model, plus a realistic share of dirty rows, one kind of defect per dirty row
 (:data:`DIRTY_KINDS`; :func:`generate_demo_posts_with_labels` says which row has which). Dirty
 rows still satisfy the table's constraints: unique id, non-null persona and time, non-null
@@ -387,6 +387,10 @@ def generate_demo_posts_with_labels(
     dirty_positions, dirty_kind_indices = _plan_dirty_rows(rng, n, dirty_share)
     next_dirty = 0
     recent_clean_posts: deque[tuple[str, str, str, str]] = deque(maxlen=_RECENT_POSTS_FOR_DUPLICATES)
+    # A dirty row may lack any of its texts.
+    original_input: str | None
+    hook: str | None
+    body: str | None
     for position in range(n):
         kind = None
         if next_dirty < len(dirty_positions) and dirty_positions[next_dirty] == position:

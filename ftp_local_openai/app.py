@@ -46,6 +46,8 @@ def _injected_fault(faults: FaultController) -> ApiError | None:
         return None
     status, retry_after = fault
     if status == 429:
+        if retry_after is None:
+            raise RuntimeError("a rate-limit fault must say how long to wait")
         headers = {"retry-after": str(math.ceil(retry_after)), "retry-after-ms": str(round(retry_after * 1000))}
         message = RATE_LIMITED.format(seconds=retry_after)
         return ApiError(429, message, type="requests", code="rate_limit_exceeded", headers=headers)

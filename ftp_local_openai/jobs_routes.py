@@ -114,9 +114,10 @@ def jobs_router(store: Store, runner: JobRunner) -> APIRouter:
             _check_metadata(request.metadata)
         requested = request.method.supervised.hyperparameters if request.method else request.hyperparameters
         hyperparameters = (requested or Hyperparameters()).model_dump()
+        job_id = new_id("ftjob-")
         job = {
             "object": "fine_tuning.job",
-            "id": new_id("ftjob-"),
+            "id": job_id,
             "created_at": int(time.time()),
             "error": None,
             "fine_tuned_model": None,
@@ -137,8 +138,8 @@ def jobs_router(store: Store, runner: JobRunner) -> APIRouter:
             "user_provided_suffix": request.suffix,
         }
         store.add_job(job)
-        store.update_job(job["id"], events=[new_event(f"Created fine-tuning job: {job['id']}")])
-        runner.submit(job["id"])
+        store.update_job(job_id, events=[new_event(f"Created fine-tuning job: {job_id}")])
+        runner.submit(job_id)
         return job
 
     @router.get("")

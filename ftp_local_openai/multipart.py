@@ -37,7 +37,7 @@ def parse_form(content_type: str, body: bytes) -> dict[str, FormField]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         disposition = _header("content-disposition", headers.get("content-disposition", ""))
-        name = disposition.get_param("name", header="content-disposition")
-        if isinstance(name, str):
-            fields[name] = FormField(disposition.get_filename(), content.removesuffix(b"\r\n"))
+        field_name = disposition.get_param("name", header="content-disposition")
+        if isinstance(field_name, str):
+            fields[field_name] = FormField(disposition.get_filename(), content.removesuffix(b"\r\n"))
     return fields

@@ -9,6 +9,7 @@ import math
 import queue
 import threading
 import time
+from typing import TypedDict, Unpack
 
 from .dataset import FileRejected, billable_tokens, check_training_size, read_examples, resolve_hyperparameters
 from .faults import FaultController
@@ -23,6 +24,15 @@ ORGANIZATION_NAME = "local"  # the org's slug in fine-tuned model ids
 CHECKPOINTED_EPOCHS = 3  # OpenAI keeps checkpoints of the last three epochs
 JOB_FAILURE = {"code": "server_error", "message": "The job failed due to an internal server error.", "param": None}
 METRIC_NAMES = ["train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+
+
+class _EndChanges(TypedDict, total=False):
+    """What an ended job records besides its status and end time."""
+
+    fine_tuned_model: str
+    trained_tokens: int
+    result_files: list[str]
+    error: dict
 
 
 def fine_tuned_model_id(job: dict) -> str:
@@ -61,8 +71,14 @@ class JobRunner:
                 log.exception("Fine-tuning job %s crashed", job_id)
                 self._fail(job_id, JOB_FAILURE)
 
-    def _run(self, job_id: str) -> None:
+    def _job(self, job_id: str) -> dict:
         job = self.store.job(job_id)
+        if job is None:
+            raise LookupError(f"fine-tuning job {job_id} is not in the store")
+        return job
+
+    def _run(self, job_id: str) -> None:
+        job = self._job(job_id)
         if job["status"] in TERMINAL_STATUSES:
             return  # cancelled while it waited
         if job["status"] == "validating_files":
@@ -90,10 +106,11 @@ class JobRunner:
                 return
         if self._stopping.is_set():
             return
-        if self.store.job(job_id)["status"] == "queued":
-            if not self.store.update_job(job_id, events=[new_event("Fine-tuning job started")], status="running"):
-                return
-        self._train(self.store.job(job_id), training, validation, hyperparameters)
+        if self._job(job_id)["status"] == "queued" and not self.store.update_job(
+            job_id, events=[new_event("Fine-tuning job started")], status="running"
+        ):
+            return
+        self._train(self._job(job_id), training, validation, hyperparameters)
 
     def _train(self, job: dict, training: list[dict], validation: list[dict] | None, hyperparameters: dict) -> None:
         job_id, n_epochs = job["id"], hyperparameters["n_epochs"]
@@ -179,6 +196,7 @@ class JobRunner:
     def _fail(self, job_id: str, error: dict) -> None:
         self._end(job_id, "failed", [new_event(error["message"], "error")], error=error)
 
-    def _end(self, job_id: str, status: str, events: list[dict], **changes: object) -> None:
-        ended = {"status": status, "finished_at": int(time.time()), "estimated_finish": None}
-        self.store.update_job(job_id, events=events, **ended, **changes)
+    def _end(self, job_id: str, status: str, events: list[dict], **changes: Unpack[_EndChanges]) -> None:
+        self.store.update_job(
+            job_id, events=events, status=status, finished_at=int(time.time()), estimated_finish=None, **changes
+        )

@@ -2,21 +2,61 @@
 
 The table lives beside the posts, so the agent can read which experiment runs for a task. The
 A/B outcomes are read from the posts by :mod:`ftp_assets.adapters.posts_db`.
+
+The table is a contract with the agent's team, so it changes only by the Alembic migrations in
+``migrations/``; the ``experiments`` Table below is the query model and must match them (a test
+compares the migrated schema with it).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
+from typing import TextIO
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.engine import Connection, Engine
 
-from ftp_assets.adapters.posts_db import UTCDateTime, table_ddl
+from ftp_assets.adapters.posts_db import PostsDatabaseError, UTCDateTime, as_utc
 
 RUNNING, PROMOTED, REJECTED, SUPERSEDED = "running", "promoted", "rejected", "superseded"
+
+# Shipped inside the package (pyproject.toml's package-data): no alembic.ini to find.
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Not Alembic's default alembic_version: the agent's database may keep its own.
+VERSION_TABLE = "ftp_alembic_version"
+BASELINE_REVISION = "0001"
+# The columns the table had when ``create_all`` made it, i.e. what the baseline revision creates.
+# Frozen: a table holding them is stamped at the baseline; later columns come by migrations.
+BASELINE_COLUMNS = (
+    "experiment_id",
+    "task",
+    "champion_model",
+    "challenger_model",
+    "challenger_share",
+    "started_at",
+    "status",
+    "registry_version",
+    "decided_at",
+    "decision",
+    "reason",
+    "statistics",
+)
+# PostgreSQL advisory lock taken by init_schema, so runs starting together migrate one at a time.
+_MIGRATION_LOCK_KEY = int.from_bytes(b"ftp_migr", "big")
+# Alembic's `context` and `op` are process-wide proxies: one migration command at a time per
+# process (the code server evaluates sensors, which open the store, in threads).
+_alembic_in_use = threading.Lock()
 
 _metadata = sa.MetaData()
 experiments = sa.Table(
@@ -65,15 +105,77 @@ def _experiment(row) -> Experiment:
     return Experiment(**{name: fields[name] for name in Experiment.__dataclass_fields__})
 
 
+class ExperimentsSchemaError(PostsDatabaseError):
+    """An experiments table the migrations cannot take over; the message says what is wrong."""
+
+
+def migrations_config(
+    *, connection: Connection | None = None, dialect_name: str | None = None, output_buffer: TextIO | None = None
+) -> Config:
+    """Alembic's configuration, built in code; ``migrations/env.py`` migrates on ``connection``
+    (online), or renders SQL for ``dialect_name`` into ``output_buffer`` (offline)."""
+    config = Config(output_buffer=output_buffer, attributes={"connection": connection, "dialect_name": dialect_name})
+    # The option is read through ConfigParser interpolation, where a literal % is written %%.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    return config
+
+
+def _stamp_pre_migration_table(conn: Connection) -> None:
+    """A table ``create_all`` made before migrations (no version table yet) is the baseline:
+    record it as such, after checking it has the baseline's columns, so its rows stay put."""
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(experiments.name) or inspector.has_table(VERSION_TABLE):
+        return
+    present = {column["name"] for column in inspector.get_columns(experiments.name)}
+    missing = [name for name in BASELINE_COLUMNS if name not in present]
+    if missing:
+        raise ExperimentsSchemaError(
+            f"The table {experiments.name!r} exists without the migration version table {VERSION_TABLE!r} "
+            f"and lacks the baseline's columns {', '.join(missing)}, so it is not one `ftp db init` created; "
+            "rename or fix it, then run `ftp db init` again."
+        )
+    command.stamp(migrations_config(connection=conn), BASELINE_REVISION)
+
+
 class ExperimentStore:
     def __init__(self, engine: Engine):
         self.engine = engine
 
     def init_schema(self) -> None:
-        _metadata.create_all(self.engine, checkfirst=True)
+        """Migrate the experiments table to the latest revision, in one transaction; a table
+        from before migrations is first stamped at the baseline, never recreated."""
+        with _alembic_in_use, self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+            _stamp_pre_migration_table(conn)
+            try:
+                command.upgrade(migrations_config(connection=conn), "head")
+            except CommandError as error:
+                raise ExperimentsSchemaError(
+                    f"The experiments table's migrations could not be applied ({error}); a revision this "
+                    "code does not know means a newer ftp_assets migrated the table: run that version."
+                ) from None
 
     def schema_sql(self) -> str:
-        return table_ddl(experiments, self.engine)
+        """The migrations from an empty database to the latest revision as SQL for this
+        database's dialect, version table included (Alembic's offline ``--sql`` mode): what
+        `ftp db init` would run on a fresh database, for a DBA to review or apply."""
+        output = io.StringIO()
+        with _alembic_in_use:
+            command.upgrade(
+                migrations_config(dialect_name=self.engine.dialect.name, output_buffer=output), "head", sql=True
+            )
+        return output.getvalue()
+
+    def schema_revision(self) -> str | None:
+        """The revision the experiments table is at; None before any migration."""
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+    @staticmethod
+    def head_revision() -> str | None:
+        """The latest revision of the migrations this code ships."""
+        return ScriptDirectory.from_config(migrations_config()).get_current_head()
 
     def running(self, task: str) -> Experiment | None:
         with self.engine.connect() as conn:
@@ -102,26 +204,25 @@ class ExperimentStore:
         current = self.running(task)
         if current and current.challenger_model == challenger_model and current.champion_model == champion_model:
             return current
-        experiment_id = f"{task}-{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        started = Experiment(
+            experiment_id=f"{task}-{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+            task=task,
+            champion_model=champion_model,
+            challenger_model=challenger_model,
+            challenger_share=challenger_share,
+            started_at=as_utc(started_at),
+            status=RUNNING,
+            registry_version=registry_version,
+        )
+        experiment_id = started.experiment_id
         with self.engine.begin() as conn:
             conn.execute(
                 experiments.update()
                 .where(experiments.c.task == task, experiments.c.status == RUNNING)
                 .values(status=SUPERSEDED, decided_at=started_at, reason=f"superseded by {experiment_id}")
             )
-            conn.execute(
-                experiments.insert().values(
-                    experiment_id=experiment_id,
-                    task=task,
-                    champion_model=champion_model,
-                    challenger_model=challenger_model,
-                    challenger_share=challenger_share,
-                    started_at=started_at,
-                    status=RUNNING,
-                    registry_version=registry_version,
-                )
-            )
-        return self.running(task)
+            conn.execute(experiments.insert().values(**asdict(started)))
+        return started
 
     def finish(self, experiment_id: str, *, decision: str, reason: str, statistics: dict, decided_at: datetime) -> bool:
         """Record a final decision; False when the experiment was no longer running."""

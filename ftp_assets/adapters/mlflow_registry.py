@@ -299,7 +299,12 @@ def _experiment_id(client: MlflowClient) -> str:
         # The other task's run may have created it in the meantime.
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        return client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+        if experiment is None:
+            raise RuntimeError(
+                f"MLflow says the experiment {EXPERIMENT_NAME!r} already exists, yet cannot find it by name"
+            ) from error
+        return experiment.experiment_id
 
 
 def _local_artifact_location(tracking_uri: str) -> str | None:

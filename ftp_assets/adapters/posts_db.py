@@ -1,7 +1,7 @@
 """The agent's posts database through SQLAlchemy: one code path for PostgreSQL and SQLite.
 
 We only ever read the agent's posts, inside read-only transactions, and stream them; the schema
-here is the data contract (DESIGN.md §2), used by ``ftp db init`` and the demo to create it.
+here is the data contract (docs/data-contract.md), used by ``ftp db init`` and the demo to create it.
 Every query is built here once; only the bulk read of the selection travels differently on
 PostgreSQL, through ADBC's driver, so that a million rows arrive as Arrow without Python objects.
 """
@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import overload
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -66,7 +67,12 @@ class UTCDateTime(sa.TypeDecorator):
         return as_utc(value)
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 def as_utc(value: datetime | None) -> datetime | None:
+    """A naive time is taken as UTC; an aware one is converted to it."""
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -184,7 +190,7 @@ class PostsDatabase:
         if self.table.name not in names:
             raise PostsDatabaseError(
                 f"The posts relation {self.table.name!r} does not exist in {redacted(self.url)}; "
-                "run `ftp db init` or create a view with the contract's columns (see README)."
+                "run `ftp db init` or create a view with the contract's columns (see docs/data-contract.md)."
             )
         columns = {column["name"] for column in inspector.get_columns(self.table.name)}
         missing = [c for c in POSTS_COLUMNS if c not in columns]
@@ -286,7 +292,10 @@ class PostsDatabase:
             for rows in result.partitions(batch_rows):
                 # pyarrow takes SQLite's naive timestamps (stored in UTC) as UTC.
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array(column, type=field.type) for column, field in zip(zip(*rows), SELECTION_SCHEMA)],
+                    [
+                        pa.array(column, type=field.type)
+                        for column, field in zip(zip(*rows, strict=True), SELECTION_SCHEMA, strict=True)
+                    ],
                     schema=SELECTION_SCHEMA,
                 )
 

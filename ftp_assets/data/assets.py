@@ -1,6 +1,7 @@
 """``engaged_posts`` and ``training_jsonl``: thin assets over :mod:`ftp_assets.steps.data_path`."""
 
 from datetime import timedelta
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
@@ -148,7 +149,7 @@ def training_jsonl(
         if dataset.tokens_exact
         else f"estimated from a sample, relative standard error {dataset.tokens_relative_standard_error:.2%}"
     )
-    metadata = {
+    metadata: dict[str, Any] = {
         "dataset_hash": dataset.dataset_hash,
         "training_examples": dataset.training_examples,
         "validation_examples": dataset.validation_examples,

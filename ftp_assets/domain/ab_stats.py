@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypedDict
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -177,6 +177,21 @@ class Analysis:
     insufficient_data_reason: str | None
 
 
+class _AnalysisSettings(TypedDict):
+    """The fields of :class:`Analysis` that :func:`analyze` fills in whether or not the data suffices."""
+
+    n_control: int
+    n_treatment: int
+    rate_control: float | None
+    rate_treatment: float | None
+    srm_p_value: float
+    alpha: float
+    challenger_share: float
+    minimum_detectable_effect: float
+    power: float
+    sequential_tuning: float
+
+
 @dataclass(frozen=True)
 class Decision:
     """What to do with the challenger, and why, in words fit for metadata and logs."""
@@ -280,7 +295,7 @@ def analyze(
     if not sequential_tuning > 0:
         raise ValueError(f"sequential_tuning must be positive, got {sequential_tuning!r}")
 
-    settings = dict(
+    settings = _AnalysisSettings(
         n_control=control.n,
         n_treatment=treatment.n,
         rate_control=control.rate,
@@ -293,33 +308,21 @@ def analyze(
         sequential_tuning=sequential_tuning,
     )
     reason = _insufficient_data_reason(control, treatment)
-    if reason is None:
-        unit_variance_control = control.rate_unit_variance()
-        unit_variance_treatment = treatment.rate_unit_variance()
-        rate_control, rate_treatment = control.rate, treatment.rate
-        # gbstats TwoSidedTTest, relative case: Var(b/a - 1) ≈ Var(b)/a² + Var(a)·b²/a⁴.
-        lift_variance = unit_variance_treatment / (rate_control**2 * treatment.n) + (
-            unit_variance_control * rate_treatment**2 / (rate_control**4 * control.n)
-        )
-        if not lift_variance > 0:
-            reason = "zero variance: within each arm every post has the same engagement rate"
     if reason is not None:
-        return Analysis(
-            **settings,
-            rate_control_variance=None,
-            rate_treatment_variance=None,
-            lift=None,
-            lift_standard_error=None,
-            degrees_of_freedom=None,
-            p_value=None,
-            fixed_ci_lower=None,
-            fixed_ci_upper=None,
-            ci_lower=None,
-            ci_upper=None,
-            chance_to_beat=None,
-            required_sample_total=None,
-            remaining_sample_total=None,
-            insufficient_data_reason=reason,
+        return _analysis_without_effect(settings, reason)
+    rate_control, rate_treatment = control.rate, treatment.rate
+    if rate_control is None or rate_treatment is None:
+        # _insufficient_data_reason answers for an arm without impressions, the only case without a rate.
+        raise RuntimeError("both arms have impressions here, so both must have a rate")
+    unit_variance_control = control.rate_unit_variance()
+    unit_variance_treatment = treatment.rate_unit_variance()
+    # gbstats TwoSidedTTest, relative case: Var(b/a - 1) ≈ Var(b)/a² + Var(a)·b²/a⁴.
+    lift_variance = unit_variance_treatment / (rate_control**2 * treatment.n) + (
+        unit_variance_control * rate_treatment**2 / (rate_control**4 * control.n)
+    )
+    if not lift_variance > 0:
+        return _analysis_without_effect(
+            settings, "zero variance: within each arm every post has the same engagement rate"
         )
 
     lift = rate_treatment / rate_control - 1
@@ -406,15 +409,18 @@ def decide(
             return Decision("reject", f"{timeout_note} without enough data: {analysis.insufficient_data_reason}")
         return Decision("continue", f"not enough data yet: {analysis.insufficient_data_reason}")
 
+    lift, ci_lower, ci_upper = analysis.lift, analysis.ci_lower, analysis.ci_upper
+    if lift is None or ci_lower is None or ci_upper is None:
+        raise ValueError("an Analysis without insufficient_data_reason must have its lift and interval set")
     level = f"{1 - analysis.alpha:.0%}"
-    interval = f"[{analysis.ci_lower:+.2%}, {analysis.ci_upper:+.2%}]"
-    estimate = f"lift {analysis.lift:+.2%}, always-valid {level} interval {interval}"
-    if analysis.ci_lower > minimum_lift:
+    interval = f"[{ci_lower:+.2%}, {ci_upper:+.2%}]"
+    estimate = f"lift {lift:+.2%}, always-valid {level} interval {interval}"
+    if ci_lower > minimum_lift:
         return Decision(
             "promote",
             f"{estimate} lies above the minimum lift {minimum_lift:+.2%}; SRM p = {analysis.srm_p_value:.3g}",
         )
-    if analysis.ci_upper < 0:
+    if ci_upper < 0:
         return Decision("reject", f"{estimate} lies below zero: the challenger is worse")
     if timed_out:
         return Decision("reject", f"{timeout_note} without promotion: {estimate}")
@@ -422,6 +428,27 @@ def decide(
         "continue",
         f"{estimate} is inconclusive; about {analysis.remaining_sample_total} more posts (both arms) "
         f"to detect a {analysis.minimum_detectable_effect:+.0%} lift with {analysis.power:.0%} power",
+    )
+
+
+def _analysis_without_effect(settings: _AnalysisSettings, reason: str) -> Analysis:
+    """The :class:`Analysis` of data that does not suffice for an effect, saying why."""
+    return Analysis(
+        **settings,
+        rate_control_variance=None,
+        rate_treatment_variance=None,
+        lift=None,
+        lift_standard_error=None,
+        degrees_of_freedom=None,
+        p_value=None,
+        fixed_ci_lower=None,
+        fixed_ci_upper=None,
+        ci_lower=None,
+        ci_upper=None,
+        chance_to_beat=None,
+        required_sample_total=None,
+        remaining_sample_total=None,
+        insufficient_data_reason=reason,
     )
 
 

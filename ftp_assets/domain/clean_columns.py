@@ -49,7 +49,7 @@ def _char_class(code_points: list[int]) -> str:
     """An RE2 character class (without brackets) of the code points, as ranges."""
     ranges: list[str] = []
     start = previous = None
-    for point in sorted(code_points) + [None]:
+    for point in [*sorted(code_points), None]:
         if point is not None and previous is not None and point == previous + 1:
             previous = point
             continue
@@ -89,7 +89,7 @@ def _patterns() -> _Patterns:
         lowered = pc.utf8_lower(pa.array(chars)).to_pylist()  # what Arrow's kernel will do
         not_plain += [
             point
-            for point, char, lower in zip(block, chars, lowered)
+            for point, char, lower in zip(block, chars, lowered, strict=True)
             if point in INVISIBLE
             or point in composing
             or char.isspace()
@@ -99,7 +99,7 @@ def _patterns() -> _Patterns:
             or char.casefold() != lower
             or _ASCII_LETTERS & set(char.lower() + char.upper() + char.casefold())
         ]
-        not_alnum += [point for point, char in zip(block, chars) if not char.isalnum()]
+        not_alnum += [point for point, char in zip(block, chars, strict=True) if not char.isalnum()]
     beyond = f"\\x{{{_SCANNED_UP_TO:x}}}-\\x{{10ffff}}"
     not_plain_class = "[" + _char_class(not_plain) + beyond + "]"
     controls = "\\x00-\\x08\\x0b-\\x1f\\x7f"
@@ -148,9 +148,9 @@ def clean_columns(fields: list[pa.Array], max_chars: int) -> CleanedColumns:
     if len(rowwise) == 0:
         return CleanedColumns(keep, list(fields), rejected, repairs)
     picked = pa.array(rowwise)
-    raw_rows = zip(*(texts.take(picked).to_pylist() for texts in fields))
+    raw_rows = zip(*(texts.take(picked).to_pylist() for texts in fields), strict=True)
     replacements: list[list[str]] = [[] for _ in fields]
-    for row, raw in zip(rowwise, raw_rows):
+    for row, raw in zip(rowwise, raw_rows, strict=True):
         reason, cleaned = clean_fields(raw, max_chars)
         if reason:
             rejected[reason] += 1
@@ -162,12 +162,12 @@ def clean_columns(fields: list[pa.Array], max_chars: int) -> CleanedColumns:
         repairs["emails_replaced"] += emails
         repairs["phones_replaced"] += phones
         repairs["unicode_repaired"] += any(c.repaired_unicode for c in cleaned)
-        for column, text in zip(replacements, cleaned):
+        for column, text in zip(replacements, cleaned, strict=True):
             column.append(text.text)
     mask = pa.array(needs_rows[keep])
     texts = [
         pc.replace_with_mask(column.filter(pa.array(keep)), mask, pa.array(new, type=column.type))
-        for column, new in zip(fields, replacements)
+        for column, new in zip(fields, replacements, strict=True)
     ]
     return CleanedColumns(keep, texts, rejected, repairs)
 

@@ -33,7 +33,8 @@ _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z
 # A phone number: optional country code, then at least 7 digits in groups separated by space, dot,
 # dash or parentheses. Digit runs joined by commas (10,000,000), slashes and ISO dates are not.
 _PHONE = re.compile(
-    r"(?<![\w+])(?!\d{4}-\d\d-\d\d(?!\d))(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?![\w])"
+    r"(?<![\w+])(?!\d{4}-\d\d-\d\d(?!\d))(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?"
+    r"\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?![\w])"
 )
 _SEVEN_DIGITS = re.compile(r"\d(?:[ .()+-]{0,2}\d){6}")
 

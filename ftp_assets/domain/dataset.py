@@ -49,6 +49,8 @@ def build_example(task: str, system: str, original_input: str, hook: str, body: 
     if task == "hook":
         user, assistant = original_input, hook
     elif task == "body":
+        if body is None:
+            raise ValueError("The body task needs a body; only the hook task takes None.")
         user, assistant = f"{original_input}\n\nHook: {hook}", body
     else:
         raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")
@@ -207,7 +209,8 @@ class SplitFile:
     _sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def __post_init__(self):
-        self._handle = open(self.path, "wb", buffering=1 << 20)
+        # Open across calls to write(), closed by close(): a with-block cannot span them.
+        self._handle = open(self.path, "wb", buffering=1 << 20)  # noqa: SIM115
 
     def write(self, block, lines: int) -> None:
         """Append ``lines`` whole lines (``block``: bytes-like, each line ending in a newline)."""

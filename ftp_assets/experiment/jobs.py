@@ -1,11 +1,12 @@
 """The experiment's jobs: evaluate a task's running experiment, and roll a champion back.
-``ftp rollback`` calls the same :func:`rollback_champion_of` as ``rollback_job``."""
+``ftp rollback`` calls the same :func:`ftp_assets.steps.experiment.rollback_champion_of` as
+``rollback_job``."""
 
 from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job, job, op
 from pydantic import Field
 
-from ftp_assets.adapters.mlflow_registry import rollback
 from ftp_assets.resources import MlflowResource
+from ftp_assets.steps.experiment import rollback_champion_of
 
 experiment_evaluation = define_asset_job(
     "experiment_evaluation",
@@ -14,23 +15,14 @@ experiment_evaluation = define_asset_job(
 )
 
 
-def rollback_champion_of(mlflow: MlflowResource, task: str) -> str:
-    """Move the task's champion back to previous-champion; says what it did."""
-    with mlflow.errors():
-        restored, demoted = rollback(mlflow.client(), task)
-    return (
-        f"{task}: champion is version {restored.version} again "
-        f"({restored.tags.get('provider_model_id', '?')}); version {demoted.version} is tagged rolled_back."
-    )
-
-
 class RollbackConfig(Config):
     task: str = Field(description="hook or body")
 
 
 @op(description="Move the task's champion alias back to previous-champion.")
 def rollback_champion(context: OpExecutionContext, config: RollbackConfig, mlflow: MlflowResource) -> None:
-    context.log.info(rollback_champion_of(mlflow, config.task))
+    with mlflow.errors():
+        context.log.info(rollback_champion_of(mlflow.client(), config.task))
 
 
 @job(description="Restore the previous champion of a task in the MLflow registry.")

@@ -7,10 +7,14 @@ are)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from dagster import RunRequest, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
 
+from ftp_assets.adapters.experiments_store import ExperimentStore
+from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.domain.dataset import TASKS
 from ftp_assets.domain.instants import parse_instant
 from ftp_assets.environment import env_number
@@ -18,10 +22,82 @@ from ftp_assets.experiment.jobs import experiment_evaluation
 from ftp_assets.resources import ExperimentSettings, PostsDatabaseResource
 
 
+@dataclass(frozen=True)
+class ExperimentTick:
+    run_requests: list[RunRequest]
+    skip_reason: str | None
+    cursor: str
+
+
+def evaluate_experiment_tick(
+    store: ExperimentStore,
+    db: PostsDatabase,
+    cursor: str | None,
+    *,
+    now: datetime,
+    maturity: timedelta,
+    max_duration: timedelta,
+) -> ExperimentTick:
+    """One tick of the experiment sensor, at ``now``: an evaluation of each task's running
+    experiment whose newest matured outcome is newer than the one its last evaluation saw, and one
+    more once it has run past ``max_duration``, so an experiment whose outcomes stopped arriving
+    is still closed (rejected) rather than left running."""
+    matured_before = now - maturity
+    # Per task: the experiment evaluated last and the newest post that evaluation could see.
+    seen: dict[str, dict[str, Any]] = json.loads(cursor) if cursor else {}
+    run_requests, skip_reasons = [], []
+    for task in TASKS:
+        experiment = store.running(task)
+        if experiment is None:
+            seen.pop(task, None)
+            skip_reasons.append(f"{task}: no running experiment.")
+            continue
+        newest = db.newest_post_by(
+            task,
+            [experiment.champion_model, experiment.challenger_model],
+            since=experiment.started_at,
+            matured_before=matured_before,
+        )
+        last = seen.get(task, {}) if seen.get(task, {}).get("experiment_id") == experiment.experiment_id else {}
+        new_outcomes = newest is not None and (
+            not last.get("newest_post") or parse_instant(last["newest_post"]) < newest
+        )
+        past_deadline = now >= experiment.started_at + max_duration
+        overdue = past_deadline and not last.get("evaluated_after_deadline")
+        if not (new_outcomes or overdue):
+            skip_reasons.append(f"{task}: no new matured outcome for {experiment.experiment_id}.")
+            continue
+        newest_key = newest.isoformat() if newest else "none"
+        run_requests.append(
+            RunRequest(
+                run_key=f"{experiment.experiment_id}-{newest_key}" + ("-after-deadline" if overdue else ""),
+                partition_key=task,
+                run_config={
+                    "ops": {
+                        "ab_test_result": {
+                            "config": {
+                                "experiment_id": experiment.experiment_id,
+                                "evaluated_at": now.isoformat(),
+                            }
+                        }
+                    }
+                },
+            )
+        )
+        seen[task] = {
+            "experiment_id": experiment.experiment_id,
+            "newest_post": newest.isoformat() if newest else "",
+            "evaluated_after_deadline": past_deadline,
+        }
+    return ExperimentTick(
+        run_requests=run_requests,
+        skip_reason=None if run_requests else " ".join(skip_reasons),
+        cursor=json.dumps(seen),
+    )
+
+
 def experiment_evaluation_sensor() -> SensorDefinition:
-    """Evaluates each running experiment when posts newer than its last evaluation have matured,
-    and once more when its maximum duration has passed, so an experiment whose outcomes stopped
-    arriving is still closed (rejected) rather than left running."""
+    """The sensor over :func:`evaluate_experiment_tick`; its interval is read when the code loads."""
 
     @sensor(
         name="experiment_evaluation_sensor",
@@ -32,59 +108,14 @@ def experiment_evaluation_sensor() -> SensorDefinition:
     def _sensor(
         context: SensorEvaluationContext, posts_db: PostsDatabaseResource, experiment_settings: ExperimentSettings
     ) -> SensorResult:
-        now = datetime.now(UTC)
-        matured_before = now - timedelta(hours=experiment_settings.maturity_hours)
-        db, store = posts_db.open(), posts_db.experiments()
-        # Per task: the experiment evaluated last and the newest post that evaluation could see.
-        seen: dict[str, dict[str, str]] = json.loads(context.cursor) if context.cursor else {}
-        run_requests, skip_reasons = [], []
-        for task in TASKS:
-            experiment = store.running(task)
-            if experiment is None:
-                seen.pop(task, None)
-                skip_reasons.append(f"{task}: no running experiment.")
-                continue
-            newest = db.newest_post_by(
-                task,
-                [experiment.champion_model, experiment.challenger_model],
-                since=experiment.started_at,
-                matured_before=matured_before,
-            )
-            last = seen.get(task, {}) if seen.get(task, {}).get("experiment_id") == experiment.experiment_id else {}
-            new_outcomes = newest is not None and (
-                not last.get("newest_post") or parse_instant(last["newest_post"]) < newest
-            )
-            deadline = experiment.started_at + timedelta(hours=experiment_settings.max_duration_hours)
-            overdue = now >= deadline and not last.get("evaluated_after_deadline")
-            if not (new_outcomes or overdue):
-                skip_reasons.append(f"{task}: no new matured outcome for {experiment.experiment_id}.")
-                continue
-            newest_key = newest.isoformat() if newest else "none"
-            run_requests.append(
-                RunRequest(
-                    run_key=f"{experiment.experiment_id}-{newest_key}" + ("-after-deadline" if overdue else ""),
-                    partition_key=task,
-                    run_config={
-                        "ops": {
-                            "ab_test_result": {
-                                "config": {
-                                    "experiment_id": experiment.experiment_id,
-                                    "evaluated_at": now.isoformat(),
-                                }
-                            }
-                        }
-                    },
-                )
-            )
-            seen[task] = {
-                "experiment_id": experiment.experiment_id,
-                "newest_post": newest.isoformat() if newest else "",
-                "evaluated_after_deadline": now >= deadline,
-            }
-        return SensorResult(
-            run_requests=run_requests,
-            skip_reason=None if run_requests else " ".join(skip_reasons),
-            cursor=json.dumps(seen),
+        tick = evaluate_experiment_tick(
+            posts_db.experiments(),
+            posts_db.open(),
+            context.cursor,
+            now=datetime.now(UTC),
+            maturity=timedelta(hours=experiment_settings.maturity_hours),
+            max_duration=timedelta(hours=experiment_settings.max_duration_hours),
         )
+        return SensorResult(run_requests=tick.run_requests, skip_reason=tick.skip_reason, cursor=tick.cursor)
 
     return _sensor

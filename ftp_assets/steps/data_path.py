@@ -137,7 +137,7 @@ def _clean_batch(batch: pa.RecordBatch, task: str, max_text_chars: int) -> tuple
     """One batch of the selection, cleaned for the task, as ``ENGAGED_SCHEMA`` rows."""
     cleaned = clean_columns([batch.column(name) for name in TASK_FIELDS[task]], max_text_chars)
     kept = batch.filter(pa.array(cleaned.keep))
-    texts = dict(zip(TASK_FIELDS[task], cleaned.texts))
+    texts = dict(zip(TASK_FIELDS[task], cleaned.texts, strict=True))
     target = cleaned.texts[-1]  # the text the model learns to write comes last
     impressions, engagements = kept.column("impressions"), kept.column("engagements")
     columns = {
@@ -213,7 +213,7 @@ def collect_engaged_posts(
     with ThreadPoolExecutor(2) as background:
         # The funnel is one aggregate over the window: the server computes it meanwhile, and the
         # cleaning's patterns are built while the server sorts the selection.
-        funnel = background.submit(db.window_funnel, window, rule)
+        funnel_future = background.submit(db.window_funnel, window, rule)
         background.submit(clean_columns_ready)
         batches = db.stream_selection(window, rule, batch_rows=BATCH_ROWS)
         with (
@@ -235,7 +235,7 @@ def collect_engaged_posts(
                     writer.submit(parquet.write_batch, kept)
                     rows += kept.num_rows
                     preview += kept.slice(0, PREVIEW_ROWS - len(preview)).to_pylist()
-        funnel = funnel.result()
+        funnel = funnel_future.result()
     return EngagedPosts(
         path=str(out_path),
         task=task,
@@ -330,7 +330,9 @@ def _lines_of_batch(
         ]
     )
     blank_systems = [
-        name for name, system in zip(names.to_pylist(), systems.to_pylist()) if not json.loads(system).strip()
+        name
+        for name, system in zip(names.to_pylist(), systems.to_pylist(), strict=True)
+        if not json.loads(system).strip()
     ]
     if blank_systems:
         has_content &= ~pc.is_in(personas, value_set=pa.array(blank_systems, pa.string())).to_numpy(
@@ -415,6 +417,7 @@ def build_training_files(
             tokens = TokenStats.combined([tokens, lines.tokens])
             dropped.update(lines.dropped)
             preview += lines.preview[: PREVIEW_ROWS - len(preview)]
+    validation_digest: bytes | None  # None once the validation lines are folded into training
     training_digest, validation_digest = training.close(), validation.close()
     training_lines, validation_lines = training.lines, validation.lines
     has_validation = validation_lines >= options.min_validation_examples

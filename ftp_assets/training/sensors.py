@@ -18,7 +18,7 @@ publishes it).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
@@ -93,8 +93,11 @@ def _trained_until(instance: DagsterInstance, task: str, training: EventLogRecor
     """The end of the window the training read (engaged_posts' ``window_end`` just before it);
     the training's own time when that is unknown."""
     data = _latest_materialization(instance, ENGAGED_POSTS, task, before_storage_id=training.storage_id)
-    window_end = data.asset_materialization.metadata.get("window_end") if data else None
-    return parse_instant(window_end.value) if window_end else datetime.fromtimestamp(training.timestamp, UTC)
+    materialization = data.asset_materialization if data else None
+    window_end = materialization.metadata.get("window_end") if materialization else None
+    if window_end is not None and isinstance(window_end.value, str):
+        return parse_instant(window_end.value)
+    return datetime.fromtimestamp(training.timestamp, UTC)
 
 
 def _training_in_progress(instance: DagsterInstance, task: str) -> str | None:
@@ -110,7 +113,7 @@ def _training_in_progress(instance: DagsterInstance, task: str) -> str | None:
 class DataThresholdSettings:
     threshold: int = 100
     min_interval: timedelta = timedelta(hours=24)
-    rule: SelectionRule = SelectionRule()  # the selection's defaults, as engaged_posts uses them
+    rule: SelectionRule = field(default_factory=SelectionRule)  # the defaults engaged_posts uses
     # Posts older than one training window before the boundary would not be in the next training
     # anyway; without this bound a task's first tick would count the whole table.
     lookback: timedelta = timedelta(days=DEFAULT_WINDOW_DAYS)

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Set
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import openai
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
@@ -247,7 +248,7 @@ def _event(event: FineTuningJobEvent) -> JobEvent:
     )
 
 
-def _is_metrics(data: dict | None) -> bool:
+def _is_metrics(data: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     return data is not None and isinstance(data.get("step"), (int, float))
 
 

@@ -1,0 +1,260 @@
+"""The challenger's live A/B experiment without Dagster: start it, evaluate it, apply a final
+decision to the MLflow registry and the experiments table, roll a promotion back.
+
+The experiment assets, the rollback job and ``ftp rollback`` call these functions with an
+``MlflowClient``, the :class:`ExperimentStore` and the :class:`PostsDatabase`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mlflow import MlflowClient
+
+from ftp_assets.adapters.experiments_store import RUNNING, ExperimentStore
+from ftp_assets.adapters.mlflow_registry import DECISION_TAG, champion, model_name, promote, reject, rollback
+from ftp_assets.adapters.posts_db import PostsDatabase
+from ftp_assets.domain.ab_stats import Analysis, analyze, decide
+from ftp_assets.steps.fine_tune import FineTunedModel
+
+# The decision's statistics copied to the model version's tags (prefixed "ab_").
+DECISION_TAG_FIELDS = (
+    "lift",
+    "ci_lower",
+    "ci_upper",
+    "fixed_ci_lower",
+    "fixed_ci_upper",
+    "p_value",
+    "srm_p_value",
+    "chance_to_beat",
+    "n_control",
+    "n_treatment",
+)
+
+
+class ExperimentError(Exception):
+    """The experiment is not in a state the step can work on; the message says why."""
+
+
+@dataclass(frozen=True)
+class StartedExperiment:
+    task: str
+    experiment_id: str | None  # None when the model was already judged (a re-run)
+    champion_model: str
+    challenger_model: str
+    registry_version: str
+
+
+@dataclass(frozen=True)
+class AbTestResult:
+    task: str
+    experiment_id: str
+    decision: str  # promote | reject | continue
+    reason: str
+    champion_model: str
+    challenger_model: str
+    registry_version: str | None
+    started_at: datetime
+    evaluated_at: datetime
+    data_until: datetime | None
+    statistics: dict
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    task: str
+    action: str  # promoted | rejected | none
+    champion_version: str | None
+    champion_model: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecisionRule:
+    """When a post counts as an outcome, and how the analysis decides."""
+
+    maturity_hours: float
+    alpha: float
+    minimum_lift: float
+    minimum_detectable_effect: float
+    max_duration_hours: float
+    srm_threshold: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation's result, with the analysis and data behind it."""
+
+    result: AbTestResult
+    analysis: Analysis
+    excluded_impossible_counts: int  # posts of either arm left out for impossible counts
+
+
+def start_experiment(
+    client: MlflowClient,
+    store: ExperimentStore,
+    model: FineTunedModel,
+    *,
+    agent_model: str,
+    challenger_share: float,
+    started_at: datetime,
+    log: Callable[[str], None],
+) -> StartedExperiment:
+    """Start the challenger's experiment against the task's champion (``agent_model`` before the
+    first promotion). A model already judged starts none: its decision stands."""
+    task = model.task
+    version = client.get_model_version(model_name(task), model.registry_version)
+    current = champion(client, task)
+    champion_model = current.tags["provider_model_id"] if current else agent_model
+    experiment_id = None
+    if DECISION_TAG in version.tags or champion_model == model.model_id:
+        # A re-run on a dataset whose model was already judged: the decision stands, no second test.
+        log(
+            f"{model.model_id} already has the decision '{version.tags.get(DECISION_TAG, 'promoted')}'"
+            "; no new experiment is started."
+        )
+    else:
+        experiment_id = store.start(
+            task=task,
+            champion_model=champion_model,
+            challenger_model=model.model_id,
+            challenger_share=challenger_share,
+            started_at=started_at,
+            registry_version=model.registry_version,
+        ).experiment_id
+    return StartedExperiment(
+        task=task,
+        experiment_id=experiment_id,
+        champion_model=champion_model,
+        challenger_model=model.model_id,
+        registry_version=model.registry_version,
+    )
+
+
+def evaluate_experiment(
+    store: ExperimentStore,
+    db: PostsDatabase,
+    task: str,
+    *,
+    experiment_id: str | None,
+    now: datetime,
+    rule: DecisionRule,
+) -> Evaluation:
+    """Evaluate the experiment (default the task's running one) at ``now`` on the posts matured
+    by then. Raises :class:`ExperimentError` when there is no such running experiment of the task,
+    or ``now`` is before it started."""
+    experiment = store.get(experiment_id) if experiment_id else store.running(task)
+    if experiment is None:
+        raise ExperimentError(
+            f"There is no experiment {experiment_id}."
+            if experiment_id
+            else f"No experiment is running for the {task} task; ab_experiment starts one."
+        )
+    if experiment.status != RUNNING or experiment.task != task:
+        raise ExperimentError(
+            f"Experiment {experiment.experiment_id} ({experiment.task}) is {experiment.status}, "
+            f"not a running {task} experiment; nothing to evaluate."
+        )
+    if now < experiment.started_at:
+        raise ExperimentError(
+            f"The evaluation time {now.isoformat()} is before experiment {experiment.experiment_id} "
+            f"started ({experiment.started_at.isoformat()})."
+        )
+    outcomes = db.arm_outcomes(
+        task,
+        control_model=experiment.champion_model,
+        treatment_model=experiment.challenger_model,
+        since=experiment.started_at,
+        matured_before=now - timedelta(hours=rule.maturity_hours),
+    )
+    analysis = analyze(
+        outcomes.control,
+        outcomes.treatment,
+        alpha=rule.alpha,
+        challenger_share=experiment.challenger_share,
+        minimum_detectable_effect=rule.minimum_detectable_effect,
+    )
+    decision = decide(
+        analysis,
+        minimum_lift=rule.minimum_lift,
+        srm_threshold=rule.srm_threshold,
+        started_at=experiment.started_at,
+        now=now,
+        max_duration_hours=rule.max_duration_hours,
+    )
+    result = AbTestResult(
+        task=task,
+        experiment_id=experiment.experiment_id,
+        decision=decision.decision,
+        reason=decision.reason,
+        champion_model=experiment.champion_model,
+        challenger_model=experiment.challenger_model,
+        registry_version=experiment.registry_version,
+        started_at=experiment.started_at,
+        evaluated_at=now,
+        data_until=outcomes.data_until,
+        statistics=dataclasses.asdict(analysis),
+    )
+    return Evaluation(result, analysis, outcomes.excluded_impossible)
+
+
+def apply_decision(client: MlflowClient, store: ExperimentStore, result: AbTestResult) -> tuple[RegisteredModel, str]:
+    """Apply a final decision to the registry and the experiments table (``continue`` changes
+    nothing); the registry's champion afterwards, and a note saying what was done.
+
+    Applying the same decision again changes nothing. Raises :class:`ExperimentError` when the
+    experiment is unknown or was closed otherwise (superseded, or decided differently), and the
+    registry's :class:`~ftp_assets.adapters.mlflow_registry.RegistryError` when the version's
+    history refuses the decision.
+    """
+    task = result.task
+    experiment = store.get(result.experiment_id)
+    if result.decision == "continue":
+        action, note = "none", f"The experiment continues, no alias changed: {result.reason}"
+    elif experiment is None or (experiment.status != RUNNING and experiment.decision != result.decision):
+        raise ExperimentError(
+            f"Experiment {result.experiment_id} is {experiment.status if experiment else 'unknown'}, "
+            f"so its '{result.decision}' decision is not applied."
+        )
+    elif result.registry_version is None:
+        raise ExperimentError(
+            f"Experiment {result.experiment_id} names no registry version, so its '{result.decision}' "
+            "decision cannot be applied to the registry."
+        )
+    else:
+        tags = {f"ab_{name}": result.statistics.get(name) for name in DECISION_TAG_FIELDS}
+        tags |= {"ab_experiment_id": result.experiment_id, "ab_decided_at": result.evaluated_at.isoformat()}
+        tags = {key: str(value) for key, value in tags.items() if value is not None}
+        if result.decision == "promote":
+            changed = promote(client, task, result.registry_version, tags)
+            action = "promoted"
+        else:
+            changed = reject(client, task, result.registry_version, result.reason, tags)
+            action = "rejected"
+        store.finish(
+            result.experiment_id,
+            decision=result.decision,
+            reason=result.reason,
+            statistics=result.statistics,
+            decided_at=result.evaluated_at,
+        )
+        note = f"Version {result.registry_version} {action}: {result.reason}" + ("" if changed else " (already done)")
+    current = champion(client, task)
+    registered = RegisteredModel(
+        task=task,
+        action=action,
+        champion_version=current.version if current else None,
+        champion_model=current.tags.get("provider_model_id") if current else None,
+    )
+    return registered, note
+
+
+def rollback_champion_of(client: MlflowClient, task: str) -> str:
+    """Move the task's champion back to previous-champion; says what it did."""
+    restored, demoted = rollback(client, task)
+    return (
+        f"{task}: champion is version {restored.version} again "
+        f"({restored.tags.get('provider_model_id', '?')}); version {demoted.version} is tagged rolled_back."
+    )

@@ -1,0 +1,158 @@
+"""Fine-tuning a task's model on one dataset, without Dagster: the provider's job (found again on
+a retry, so it is paid for once), its MLflow run, and the registry version that becomes the task's
+challenger. The ``fine_tuned_model`` asset calls :func:`fine_tune`."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from ftp_assets.adapters.mlflow_registry import log_fine_tune_run, register_challenger
+from ftp_assets.adapters.providers.base import Auto, FineTuneRequest, FineTuneResult, FineTuningProvider
+from ftp_assets.adapters.providers.runner import run_fine_tune
+from ftp_assets.steps.data_path import TrainingDataset
+
+TRAINING_SAMPLE_LINES = 20
+
+
+@dataclass(frozen=True)
+class FineTunedModel:
+    task: str
+    model_id: str
+    base_model: str
+    job_id: str
+    training_file_id: str
+    dataset_hash: str
+    mlflow_run_id: str
+    registry_version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTuneOptions:
+    """How the job is made ("auto" lets the provider choose) and the guards around it."""
+
+    base_model: str
+    n_epochs: Auto | int = "auto"
+    batch_size: Auto | int = "auto"
+    learning_rate_multiplier: Auto | float = "auto"
+    seed: int | None = None
+    budget_usd: float
+    timeout_s: float
+    poll_initial_s: float
+    poll_max_s: float
+
+
+@dataclass(frozen=True)
+class FineTuning:
+    """The registered model and what its job reported and cost."""
+
+    model: FineTunedModel
+    provider: str
+    result: FineTuneResult
+    actual_cost_usd: float
+
+
+def fine_tune(
+    provider: FineTuningProvider,
+    client: MlflowClient,
+    dataset: TrainingDataset,
+    options: FineTuneOptions,
+    *,
+    dagster_run_id: str,
+    log: Callable[[str], None],
+) -> FineTuning:
+    """Run the dataset's fine-tuning job to the end (or re-attach to it), record it as an MLflow
+    run and register its model as the task's challenger.
+
+    Raises the provider's :class:`~ftp_assets.adapters.providers.base.FineTuningError` (over
+    budget, failed, timed out) before anything is recorded, and MLflow's own errors.
+    """
+    task = dataset.task
+    request = FineTuneRequest(
+        task=task,
+        dataset_hash=dataset.dataset_hash,
+        training_file=Path(dataset.training_path),
+        validation_file=Path(dataset.validation_path) if dataset.validation_path else None,
+        base_model=options.base_model,
+        suffix=f"threads-{task}",
+        n_epochs=options.n_epochs,
+        batch_size=options.batch_size,
+        learning_rate_multiplier=options.learning_rate_multiplier,
+        seed=options.seed,
+        dagster_run_id=dagster_run_id,
+    )
+    result = run_fine_tune(
+        provider,
+        request,
+        log=log,
+        estimated_cost_usd=dataset.estimated_cost_usd,
+        budget_usd=options.budget_usd,
+        timeout_s=options.timeout_s,
+        poll_initial_s=options.poll_initial_s,
+        poll_max_s=options.poll_max_s,
+    )
+    # The provider's billed (trained) tokens at the price the estimate used.
+    actual_cost_usd = (result.trained_tokens or 0) / 1e6 * dataset.usd_per_million_training_tokens
+    with tempfile.TemporaryDirectory() as folder:
+        run_id = log_fine_tune_run(
+            client,
+            task=task,
+            dagster_run_id=dagster_run_id,
+            params={
+                "provider": provider.name,
+                "base_model": options.base_model,
+                "dataset_hash": dataset.dataset_hash,
+                "n_epochs": request.n_epochs,
+                "batch_size": request.batch_size,
+                "learning_rate_multiplier": request.learning_rate_multiplier,
+                "seed": request.seed,
+                "training_examples": dataset.training_examples,
+                "validation_examples": dataset.validation_examples,
+                "job_id": result.job_id,
+                "model_id": result.model_id,
+            },
+            step_metrics=[
+                {"step": m.step, "train_loss": m.train_loss, "valid_loss": m.valid_loss} for m in result.step_metrics
+            ],
+            metrics={
+                "trained_tokens": result.trained_tokens or 0,
+                "cost_usd": actual_cost_usd,
+                "estimated_cost_usd": dataset.estimated_cost_usd,
+                "duration_s": result.duration_s,
+            },
+            sample_path=_training_sample(dataset, Path(folder)),
+        )
+    version = register_challenger(
+        client,
+        task=task,
+        run_id=run_id,
+        provider_model_id=result.model_id,
+        job_id=result.job_id,
+        training_file_id=result.training_file_id,
+        dataset_hash=dataset.dataset_hash,
+        base_model=options.base_model,
+    )
+    model = FineTunedModel(
+        task=task,
+        model_id=result.model_id,
+        base_model=options.base_model,
+        job_id=result.job_id,
+        training_file_id=result.training_file_id,
+        dataset_hash=dataset.dataset_hash,
+        mlflow_run_id=run_id,
+        registry_version=str(version.version),
+    )
+    return FineTuning(model=model, provider=provider.name, result=result, actual_cost_usd=actual_cost_usd)
+
+
+def _training_sample(dataset: TrainingDataset, folder: Path) -> Path:
+    """The first lines of the training file, kept with the run as an example of what it learned."""
+    sample = folder / "training_sample.jsonl"
+    with open(dataset.training_path, "rb") as source, open(sample, "wb") as target:
+        target.writelines(itertools.islice(source, TRAINING_SAMPLE_LINES))
+    return sample
