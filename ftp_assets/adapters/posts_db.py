@@ -12,13 +12,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ftp_assets.domain.ab_stats import ArmStats
+if TYPE_CHECKING:
+    from ftp_assets.domain.ab_stats import ArmStats
 
 POSTS_COLUMNS = (
     "id",
@@ -353,6 +354,8 @@ class PostsDatabase:
     ) -> ArmOutcomes:
         """Both arms' sufficient statistics in one aggregate query: posts written by either model
         since ``since`` and older than the maturity cut-off (the same rule for both arms)."""
+        # Imported here: the statistics load SciPy, which the data path does not need.
+        from ftp_assets.domain.ab_stats import ArmStats
         t = self.table.c
         model = self.model_column(task)
         possible = self.possible_counts(rule)
