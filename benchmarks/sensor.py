@@ -28,6 +28,7 @@ from dagster import build_sensor_context, instance_for_test
 
 from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window, posts_table
 from ftp_assets.resources import ExperimentSettings, PostsDatabaseResource
+from ftp_assets.settings import DeploymentSettings
 from ftp_assets.training.sensors import (
     NEVER_TRAINED,
     DataThresholdSettings,
@@ -139,7 +140,7 @@ def main() -> None:
 
         # The sensor itself as the daemon calls it, resources included, on the real clock (past the
         # data's end, so its slices are empty: this is the overhead around the count above).
-        sensor = data_threshold_sensor("hook")
+        sensor = data_threshold_sensor("hook", DeploymentSettings.from_environment())
         resources = {"posts_db": PostsDatabaseResource(url=url), "experiment_settings": ExperimentSettings()}
         cursor, whole = None, []
         for _ in range(args.ticks + 1):  # the first is a one-off (see above)

@@ -51,13 +51,20 @@ def _from_local_extra(module: str, command: str) -> ModuleType:
     return importlib.import_module(module)
 
 
+def _settings():
+    """The deployment settings the code location reads (a command needs only some of them)."""
+    from ftp_assets.settings import DeploymentSettings
+
+    return DeploymentSettings.from_environment(require_complete=False)
+
+
 def _posts_db():
     from ftp_assets.adapters.posts_db import PostsDatabase
     from ftp_assets.resources import default_posts_db_url
 
-    return PostsDatabase(
-        os.environ.get("FTP_POSTS_DB_URL") or default_posts_db_url(), os.environ.get("FTP_POSTS_TABLE", "posts")
-    )
+    settings = _settings()
+    url = settings.secret_value("FTP_POSTS_DB_URL") or default_posts_db_url(settings.home)
+    return PostsDatabase(url, settings.posts_table)
 
 
 def cmd_db_init(args: argparse.Namespace) -> None:
@@ -80,7 +87,7 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
     from ftp_assets.errors import UserError
 
     load_demo_posts = _from_local_extra("ftp_demo.cycle", "demo-data").load_demo_posts
-    if os.environ.get("FTP_POSTS_DB_URL") and not args.force:
+    if _settings().has("FTP_POSTS_DB_URL") and not args.force:
         raise UserError(
             "FTP_POSTS_DB_URL is set and may be the agent's production database: "
             "add --force to write synthetic posts into it anyway."
@@ -96,25 +103,49 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_local_openai(args: argparse.Namespace) -> None:
+    from ftp_assets.errors import UserError
     from ftp_assets.resources import LOCAL_OPENAI_API_KEY
 
-    serve = _from_local_extra("ftp_local_openai", "local-openai").serve
-
+    service = _from_local_extra("ftp_local_openai", "local-openai")
+    if args.api_key:
+        api_key, key_said = args.api_key, "the key given with --api-key"
+    elif os.environ.get(service.API_KEY_ENV):
+        api_key, key_said = os.environ[service.API_KEY_ENV], f"the key in {service.API_KEY_ENV}"
+    elif service.is_loopback(args.host):
+        # The well-known default is printed: clients need it, and it only ever guards loopback.
+        api_key, key_said = LOCAL_OPENAI_API_KEY, f"key {LOCAL_OPENAI_API_KEY!r} (the local default)"
+    else:
+        raise UserError(
+            f"--host {args.host} is reachable from other machines, so the service needs a key of its own: "
+            f"set {service.API_KEY_ENV} (or pass --api-key)."
+        )
+    if args.max_upload_mib is not None and args.max_upload_mib < 1:
+        raise UserError(f"--max-upload-mib must be at least 1, got {args.max_upload_mib}.")
+    max_upload_bytes = args.max_upload_mib * 2**20 if args.max_upload_mib else service.DEFAULT_MAX_UPLOAD_BYTES
     state_dir = Path(args.state_dir) if args.state_dir else home_path("local_openai")
+    address = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"Local OpenAI-compatible service on http://{args.host}:{args.port}/v1, key {LOCAL_OPENAI_API_KEY!r}, "
-        f"state in {state_dir}. Ctrl-C stops it; jobs in flight resume at the next start."
+        f"Local OpenAI-compatible service on http://{address}:{args.port}/v1 with {key_said}, state in "
+        f"{state_dir}, uploads up to {max_upload_bytes / 2**20:g} MiB. Ctrl-C stops it; jobs in flight resume "
+        "at the next start.",
+        flush=True,
     )
-    serve(args.host, args.port, state_dir, LOCAL_OPENAI_API_KEY)
+    service.serve(args.host, args.port, state_dir, api_key, max_upload_bytes)
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
+    from datetime import UTC, datetime
+
+    from ftp_assets.adapters.experiments_store import ExperimentStore
     from ftp_assets.resources import MlflowResource
     from ftp_assets.steps.experiment import rollback_champion_of
 
-    mlflow = MlflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""))
+    # The experiments table too: the running experiment must not keep the demoted champion.
+    experiments = ExperimentStore(_posts_db().engine)
+    experiments.init_schema()
+    mlflow = MlflowResource(tracking_uri=_settings().secret_value("MLFLOW_TRACKING_URI"))
     with mlflow.errors():
-        print(rollback_champion_of(mlflow.client(), args.task))
+        print(rollback_champion_of(mlflow.client(), experiments, args.task, now=datetime.now(UTC)))
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -133,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run a whole weekly cycle on the embedded defaults")
     demo.add_argument("--posts", type=int, default=6_000, help="demo posts to create (default 6000)")
-    demo.add_argument("--seed", type=int, default=7, help="seed of the demo data and simulation")
+    demo.add_argument(
+        "--seed", type=int, help="seed of the demo data and simulation (default: a new one each run, printed)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     db = commands.add_parser("db", help="the posts database").add_subparsers(dest="db_command", required=True)
@@ -157,9 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--host", default="127.0.0.1")
     local.add_argument("--port", type=int, default=LOCAL_OPENAI_PORT)
     local.add_argument("--state-dir", help="where files, jobs and models are kept (default $FTP_HOME/local_openai)")
+    local.add_argument(
+        "--api-key",
+        help="the bearer key clients must send (default $FTP_LOCAL_OPENAI_API_KEY, which other users cannot "
+        "see in the process list; without either, sk-local-ftp, on a loopback --host only)",
+    )
+    local.add_argument("--max-upload-mib", type=int, help="the largest file upload taken, in MiB (default 64)")
     local.set_defaults(func=cmd_local_openai)
 
-    back = commands.add_parser("rollback", help="restore the previous champion of a task in the MLflow registry")
+    back = commands.add_parser(
+        "rollback",
+        help="restore the previous champion of a task in the MLflow registry and cancel its running experiment",
+    )
     back.add_argument("--task", required=True, choices=TASKS)
     back.set_defaults(func=cmd_rollback)
 

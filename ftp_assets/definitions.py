@@ -1,11 +1,9 @@
 """The code location: one ``Definitions``, merged from the data, training and experiment groups
-with the resources they share. ``workspace.yaml`` and ``dagster dev -m ftp_assets.definitions``
-load it."""
+with the resources they share, for the deployment profile of the environment
+(:mod:`ftp_assets.settings`). ``workspace.yaml`` and ``dagster dev -m ftp_assets.definitions``
+load it through ``load_definitions``."""
 
-import os
-from typing import overload
-
-from dagster import Definitions, EnvVar
+from dagster import Definitions, EnvVar, FilesystemIOManager, definitions
 from dagster_openai import OpenAIResource
 
 from ftp_assets import data, experiment, training
@@ -19,44 +17,61 @@ from ftp_assets.resources import (
     PostsDatabaseResource,
     default_posts_db_url,
 )
+from ftp_assets.settings import DeploymentSettings
 
 
-@overload
-def _env_or(name: str, default: str) -> str | EnvVar: ...
-@overload
-def _env_or(name: str, default: None) -> str | EnvVar | None: ...
-def _env_or(name: str, default: str | None) -> str | EnvVar | None:
-    """An EnvVar when the variable is set (its value then never shows in Dagster's config
-    display), the embedded default otherwise."""
-    return EnvVar(name) if os.environ.get(name) else default
-
-
-def openai_resource() -> OpenAIResource:
+def openai_resource(settings: DeploymentSettings) -> OpenAIResource:
     """OpenAI when OPENAI_API_KEY is set (OPENAI_BASE_URL may point at another compatible API);
-    the local service of `ftp local-openai` otherwise."""
-    if os.environ.get("OPENAI_API_KEY"):
-        return OpenAIResource(api_key=EnvVar("OPENAI_API_KEY"), base_url=_env_or("OPENAI_BASE_URL", None))
-    return OpenAIResource(
-        api_key=LOCAL_OPENAI_API_KEY, base_url=os.environ.get("OPENAI_BASE_URL") or LOCAL_OPENAI_BASE_URL
+    the local service of `ftp local-openai` otherwise (local deployments only)."""
+    if settings.has("OPENAI_API_KEY"):
+        # EnvVars: their values never show in Dagster's config display.
+        base_url = EnvVar("OPENAI_BASE_URL") if settings.openai_base_url else None
+        return OpenAIResource(api_key=EnvVar("OPENAI_API_KEY"), base_url=base_url)
+    return OpenAIResource(api_key=LOCAL_OPENAI_API_KEY, base_url=settings.openai_base_url or LOCAL_OPENAI_BASE_URL)
+
+
+def shared_resources(settings: DeploymentSettings) -> Definitions:
+    """The resources every group uses; the embedded defaults where a local deployment leaves a
+    variable unset. With FTP_STORAGE_URL, asset values live under ``<url>/dagster/`` so that a
+    retry in another pod loads them."""
+    resources: dict[str, object] = {
+        "posts_db": PostsDatabaseResource(
+            # The embedded default (which creates FTP_HOME) only when no URL is configured.
+            url=EnvVar("FTP_POSTS_DB_URL") if settings.has("FTP_POSTS_DB_URL") else default_posts_db_url(settings.home),
+            table=settings.posts_table,
+        ),
+        "dataset_storage": DatasetStorage(root=settings.datasets_dir, shared_url=settings.storage_url),
+        "openai": openai_resource(settings),
+        "fine_tuning": FineTuningSettings(),
+        "mlflow": MlflowResource(
+            tracking_uri=EnvVar("MLFLOW_TRACKING_URI") if settings.has("MLFLOW_TRACKING_URI") else ""
+        ),
+        "experiment_settings": ExperimentSettings(),
+    }
+    if settings.storage_url:
+        resources["io_manager"] = FilesystemIOManager(base_dir=f"{settings.storage_url.rstrip('/')}/dagster")
+    return Definitions(resources=resources)
+
+
+def build_definitions(settings: DeploymentSettings) -> Definitions:
+    """The code location of a deployment: the three groups and their shared resources."""
+    return Definitions.merge(
+        data.build_defs(settings),
+        training.build_defs(settings),
+        experiment.build_defs(settings),
+        shared_resources(settings),
     )
 
 
-def shared_resources() -> Definitions:
-    """The resources every group uses, from the environment (embedded defaults when unset)."""
-    return Definitions(
-        resources={
-            "posts_db": PostsDatabaseResource(
-                # The embedded default (which creates FTP_HOME) only when no URL is configured.
-                url=EnvVar("FTP_POSTS_DB_URL") if os.environ.get("FTP_POSTS_DB_URL") else default_posts_db_url(),
-                table=os.environ.get("FTP_POSTS_TABLE", "posts"),
-            ),
-            "dataset_storage": DatasetStorage(root=_env_or("FTP_DATASETS_DIR", "")),
-            "openai": openai_resource(),
-            "fine_tuning": FineTuningSettings(),
-            "mlflow": MlflowResource(tracking_uri=_env_or("MLFLOW_TRACKING_URI", "")),
-            "experiment_settings": ExperimentSettings(),
-        }
-    )
+@definitions
+def load_definitions() -> Definitions:
+    """What Dagster loads: the environment read once, then the definitions it describes. A
+    deployment that cannot work fails here with one sentence naming what is missing."""
+    return build_definitions(DeploymentSettings.from_environment())
 
 
-defs = Definitions.merge(data.build_defs(), training.build_defs(), experiment.build_defs(), shared_resources())
+def __getattr__(name: str) -> Definitions:
+    """``defs``: the definitions of this environment, built on each access (tests, the demo)."""
+    if name == "defs":
+        return load_definitions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,13 +6,20 @@ from dagster import Failure
 
 from ftp_assets.adapters.mlflow_registry import RegistryError
 from ftp_assets.adapters.posts_db import PostsDatabaseError
+from ftp_assets.settings import SettingsError
 
 
 class UserError(Exception):
     """A mistake in how a command was called."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (PostsDatabaseError, RegistryError, UserError, Failure)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    PostsDatabaseError,
+    RegistryError,
+    SettingsError,
+    UserError,
+    Failure,
+)
 
 
 def is_user_error(error: BaseException) -> bool:

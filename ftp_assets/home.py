@@ -17,8 +17,9 @@ from pathlib import Path
 DEFAULT_FTP_HOME = Path("~/.ftp_assets")
 
 
-def ftp_home() -> Path:
-    home = Path(os.environ.get("FTP_HOME") or DEFAULT_FTP_HOME).expanduser().resolve()
+def ftp_home(configured: str = "") -> Path:
+    """``configured`` (the deployment settings' FTP_HOME), else FTP_HOME, else the default."""
+    home = Path(configured or os.environ.get("FTP_HOME") or DEFAULT_FTP_HOME).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return home
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import Field, PrivateAttr
+from upath import UPath
 
 from ftp_assets.adapters.posts_db import PostsDatabase, redacted
 from ftp_assets.home import ftp_home, home_path
@@ -17,11 +18,12 @@ from ftp_assets.steps.fine_tune import FineTuneOptions
 
 if TYPE_CHECKING:
     from ftp_assets.adapters.experiments_store import ExperimentStore
+    from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
 
 
-def default_posts_db_url() -> str:
-    """The embedded default: a SQLite file under FTP_HOME, so a newcomer needs no server."""
-    return f"sqlite:///{ftp_home() / 'posts.sqlite3'}"
+def default_posts_db_url(home: str = "") -> str:
+    """The embedded default: a SQLite file under FTP_HOME (or ``home``), so a newcomer needs no server."""
+    return f"sqlite:///{ftp_home(home) / 'posts.sqlite3'}"
 
 
 class PostsDatabaseResource(ConfigurableResource):
@@ -56,18 +58,52 @@ class PostsDatabaseResource(ConfigurableResource):
             self._experiments.init_schema()
         return self._experiments
 
+    def fine_tuning_jobs(self) -> FineTuningJobStore:
+        """Our fine-tuning job records beside the posts; the experiments' migrations create them."""
+        from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
+
+        return FineTuningJobStore(self.experiments().engine)
+
 
 class DatasetStorage(ConfigurableResource):
-    """Where engaged-post snapshots and training files are written (FTP_DATASETS_DIR); the
-    default is FTP_HOME/datasets. On Kubernetes point it at a volume every run pod mounts."""
+    """Where engaged-post snapshots and training files are written: a local working folder
+    (FTP_DATASETS_DIR, default FTP_HOME/datasets), and with ``shared_url`` (FTP_STORAGE_URL) a
+    copy of the finished files under ``<shared_url>/datasets/<task>/<run id>/``, which a step
+    in another pod (a retry) fetches back into its own working folder."""
 
     root: str = ""
+    shared_url: str = ""
 
     def folder(self, task: str, run_id: str) -> Path:
         base = Path(self.root).expanduser() if self.root else home_path("datasets")
         folder = base / task / run_id
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def publish(self, folder: Path, *files: str | None) -> str:
+        """Copies finished files of a working folder (``folder(task, run_id)``) to the shared
+        storage; the URL of their shared folder, "" without shared storage."""
+        if not self.shared_url:
+            return ""
+        shared = UPath(self.shared_url) / "datasets" / folder.parent.name / folder.name
+        shared.fs.makedirs(shared.path, exist_ok=True)
+        for file in files:
+            if file:
+                shared.fs.put_file(file, (shared / Path(file).name).path)
+        return str(shared)
+
+    def local_file(self, path: str, shared_folder: str) -> str:
+        """``path`` when this pod wrote it; else its copy in ``shared_folder``, fetched once into
+        this pod's working folder of the same task and run."""
+        if not shared_folder or Path(path).exists():
+            return path
+        source = UPath(shared_folder) / Path(path).name
+        local = self.folder(source.parent.parent.name, source.parent.name) / source.name
+        if not local.exists():
+            partial = local.with_name(local.name + ".part")  # never a half-fetched file under its name
+            source.fs.get_file(source.path, str(partial))
+            partial.replace(local)
+        return str(local)
 
 
 # The local OpenAI-compatible service (`ftp local-openai`) is the embedded default provider.
@@ -85,6 +121,9 @@ class FineTuningSettings(ConfigurableResource):
     n_epochs: str = "auto"
     batch_size: str = "auto"
     learning_rate_multiplier: str = "auto"
+    # With n_epochs "auto", the cost guard assumes the provider's rule (OpenAI's cookbook) unless
+    # this caps it.
+    max_auto_epochs: int | None = None
     seed: int = 42
     budget_usd: float = 50.0
     timeout_hours: float = 24.0
@@ -111,6 +150,7 @@ class FineTuningSettings(ConfigurableResource):
             n_epochs=number("n_epochs", int),
             batch_size=number("batch_size", int),
             learning_rate_multiplier=number("learning_rate_multiplier", float),
+            max_auto_epochs=self.max_auto_epochs,
             seed=self.seed,
             budget_usd=self.budget_usd,
             timeout_s=self.timeout_hours * 3600,

@@ -88,4 +88,7 @@ DIRTY = [
     (post(18, "Old post", "b", created_at=WINDOW_END - timedelta(days=8)), "outside", "outside"),
     (post(19, "At the end", "b", created_at=WINDOW_END), "outside", "outside"),
     (post(20, "Exactly six percent", "Body twenty", impressions=100, engagements=6), "kept", "kept"),
+    # Only the task's texts count, and length comes before any other reason.
+    (post(21, "Hook of a long body", "z" * 3_000), "kept", "too_long"),
+    (post(22, "Long hook " + "w" * 3_000, "b22", original_input=None), "too_long", "too_long"),
 ]

@@ -38,6 +38,7 @@ from ftp_assets.resources import (
     MlflowResource,
     PostsDatabaseResource,
 )
+from ftp_assets.settings import DeploymentSettings
 from ftp_assets.training.assets import fine_tuned_model
 from ftp_assets.training.schedules import weekly_training_schedule
 from ftp_assets.training.sensors import (
@@ -154,7 +155,7 @@ def test_weekly_schedule_trains_each_task_on_the_week_ending_at_its_tick():
 def test_schedule_cron_and_timezone_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("FTP_TRAINING_CRON", "30 5 * * 1")
     monkeypatch.setenv("FTP_TRAINING_TIMEZONE", "Europe/Paris")
-    schedule = weekly_training_schedule()
+    schedule = weekly_training_schedule(DeploymentSettings.from_environment())
     after = datetime(2026, 11, 25, tzinfo=UTC)
     next_tick = next(cron_string_iterator(after.timestamp(), schedule.cron_schedule, schedule.execution_timezone))
     assert next_tick.astimezone(UTC) == datetime(2026, 11, 30, 4, 30, tzinfo=UTC)
@@ -163,7 +164,7 @@ def test_schedule_cron_and_timezone_come_from_the_environment(monkeypatch):
 
     monkeypatch.setenv("FTP_TRAINING_CRON", "every sunday")
     with pytest.raises(DagsterInvalidDefinitionError, match="every sunday"):
-        weekly_training_schedule()
+        weekly_training_schedule(DeploymentSettings.from_environment())
 
 
 # --- the data-threshold sensor -------------------------------------------------------------
@@ -173,7 +174,7 @@ def test_crossing_the_threshold_requests_exactly_one_training(posts_url, instanc
     monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "10")
     db = PostsDatabase(posts_url)
     db.init_schema()
-    sensor = data_threshold_sensor("hook")
+    sensor = data_threshold_sensor("hook", DeploymentSettings.from_environment())
     now = datetime.now(UTC)
     db.insert_posts(
         qualifying(1, 6, now - timedelta(hours=2))
@@ -204,7 +205,7 @@ def test_crossing_the_threshold_requests_exactly_one_training(posts_url, instanc
 def test_no_training_while_one_of_the_task_is_in_progress(posts, pg_posts_url, instance, monkeypatch):
     monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "5")
     posts.insert_posts(qualifying(1, 5, datetime.now(UTC) - timedelta(hours=2)))
-    sensor = data_threshold_sensor("hook")
+    sensor = data_threshold_sensor("hook", DeploymentSettings.from_environment())
     # Neither another task's training nor an evaluation of this task holds it back...
     add_run(instance, "training_cycle", "body", DagsterRunStatus.STARTED)
     add_run(instance, "experiment_evaluation", "hook", DagsterRunStatus.STARTED)
@@ -229,7 +230,13 @@ def test_after_a_training_the_count_restarts_at_its_window_end_and_waits_the_int
     posts.insert_posts(
         [{**row, "created_at": start - timedelta(days=2, minutes=i)} for i, row in enumerate(clean_posts(150))]
     )
-    first = tick(data_threshold_sensor("hook"), instance, pg_posts_url, cursor=None, maturity_hours=24)
+    first = tick(
+        data_threshold_sensor("hook", DeploymentSettings.from_environment()),
+        instance,
+        pg_posts_url,
+        cursor=None,
+        maturity_hours=24,
+    )
     (request,) = first.run_requests
     assert request.run_key == "hook-data-after-never"
 
@@ -287,10 +294,12 @@ def test_after_a_training_the_count_restarts_at_its_window_end_and_waits_the_int
 def test_settings_from_the_environment_are_checked(monkeypatch):
     monkeypatch.setenv("FTP_MIN_TRAINING_INTERVAL_HOURS", "0.5")
     monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "250")
-    assert DataThresholdSettings.from_env() == DataThresholdSettings(threshold=250, min_interval=timedelta(minutes=30))
+    assert DataThresholdSettings.of(DeploymentSettings.from_environment()) == DataThresholdSettings(
+        threshold=250, min_interval=timedelta(minutes=30)
+    )
     monkeypatch.setenv("FTP_TRAINING_NEW_POSTS_THRESHOLD", "lots")
     with pytest.raises(ValueError, match="FTP_TRAINING_NEW_POSTS_THRESHOLD must be a positive int, got 'lots'"):
-        data_threshold_sensor("hook")
+        data_threshold_sensor("hook", DeploymentSettings.from_environment())
 
 
 # --- the experiment sensor -----------------------------------------------------------------
@@ -313,7 +322,7 @@ def test_experiment_sensor_evaluates_only_when_new_matured_outcomes_arrive(posts
         started_at=now - timedelta(days=3),
         registry_version="1",
     )
-    sensor = experiment_evaluation_sensor()
+    sensor = experiment_evaluation_sensor(DeploymentSettings.from_environment())
 
     def evaluate(cursor):
         return tick(sensor, instance, pg_posts_url, cursor, maturity_hours=24)
@@ -362,7 +371,7 @@ def test_experiment_sensor_closes_an_experiment_whose_outcomes_stopped(posts, pg
         started_at=now - timedelta(hours=10),
         registry_version="1",
     )
-    sensor = experiment_evaluation_sensor()
+    sensor = experiment_evaluation_sensor(DeploymentSettings.from_environment())
     within = tick(sensor, instance, pg_posts_url, None, maturity_hours=24, max_duration_hours=24)
     assert not within.run_requests
     overdue = tick(sensor, instance, pg_posts_url, within.cursor, maturity_hours=24, max_duration_hours=8)

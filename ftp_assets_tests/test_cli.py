@@ -22,7 +22,17 @@ def test_help_lists_every_command():
         ("not a url", "ftp: FTP_POSTS_DB_URL is not a valid SQLAlchemy URL"),
         (
             "postgresql://agent:hunter2@127.0.0.1:1/posts",
-            "ftp: Cannot connect to the posts database at postgresql+psycopg://agent:***@127.0.0.1:1/posts",
+            "ftp: Cannot connect to the posts database at postgresql+psycopg://127.0.0.1:1/posts:",
+        ),
+        # libpq takes the password from the query too.
+        (
+            "postgresql://agent@127.0.0.1:1/posts?password=hunter2&sslmode=disable",
+            "ftp: Cannot connect to the posts database at postgresql+psycopg://127.0.0.1:1/posts:",
+        ),
+        # An unencoded "@" in the password: the user's part ends at the last one.
+        (
+            "postgresql://agent:hunter2@hunter2@127.0.0.1:1/posts",
+            "ftp: Cannot connect to the posts database at postgresql+psycopg://127.0.0.1:1/posts:",
         ),
     ],
 )

@@ -1,20 +1,23 @@
 """engaged_posts and training_jsonl materialized with Dagster against real databases."""
 
 import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
 from dagster import instance_for_test, materialize
 
-from ftp_assets.adapters.posts_db import PostsDatabase
+from ftp_assets.adapters.posts_db import PostsDatabase, posts_table
 from ftp_assets.data.assets import engaged_posts, training_jsonl
 from ftp_assets.data.checks import enough_examples, low_duplicate_rate, valid_format
 from ftp_assets.resources import DatasetStorage, PostsDatabaseResource
 from ftp_assets.steps.data_path import REJECTION_REASONS
-from ftp_assets_tests.corpus import DIRTY, WINDOW_END, clean_posts
+from ftp_assets_tests.corpus import DIRTY, WINDOW_END, clean_posts, post
 
 ASSETS = [engaged_posts, training_jsonl, enough_examples, valid_format, low_duplicate_rate]
 RUN_CONFIG = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoformat()}}}}
@@ -293,3 +296,100 @@ def test_a_blank_system_message_drops_its_lines_and_counts_them(tmp_path):
     assert dataset.examples == engaged.rows - 15 == 25
     lines = [json.loads(line) for line in Path(dataset.training_path).read_text().splitlines()]
     assert all(line["messages"][0]["content"].strip() for line in lines)
+
+
+# Runs the engaged_posts step in a process of its own and reports how far its resident memory
+# peaked above where it started (Linux: the high-water mark is reset first).
+MEASURE_STEP = """
+import json, re, sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window
+from ftp_assets.steps.data_path import collect_engaged_posts
+
+def kib(field):
+    return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+url, end, folder = sys.argv[1], datetime.fromisoformat(sys.argv[2]), Path(sys.argv[3])
+db = PostsDatabase(url)
+# An empty window first: the drivers, threads and cleaning patterns are loaded before measuring.
+collect_engaged_posts(db, "hook", Window(end, end + timedelta(days=1)), SelectionRule(), folder / "warm.parquet")
+Path("/proc/self/clear_refs").write_text("5")
+before = kib("VmRSS")
+window = Window(end - timedelta(days=7), end)
+engaged = collect_engaged_posts(db, "hook", window, SelectionRule(), folder / "out.parquet")
+print(json.dumps({"grown_kib": kib("VmHWM") - before, "rows": engaged.rows, "rejected": engaged.rejected}))
+"""
+
+
+def test_an_over_long_text_is_counted_without_being_read(posts_url, tmp_path):
+    """A 50 MiB pasted document in a hook is left out by the query, so the step's memory does
+    not grow with it, and it is still counted as rejected too_long."""
+    rows = clean_posts(30)
+    rows.append(post(1, "Pasted " + "x" * (50 << 20), "A body", engagements=900))
+    load(posts_url, rows)
+    measured = subprocess.run(
+        [sys.executable, "-c", MEASURE_STEP, posts_url, WINDOW_END.isoformat(), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(measured.stdout.splitlines()[-1])
+    assert result["rows"] == 30
+    assert result["rejected"]["too_long"] == 1
+    if posts_url.startswith("postgresql"):
+        assert result["grown_kib"] < 16 << 10, result  # far below the text's own 50 MiB
+    else:
+        # SQLite runs inside the step's process and reads a text to count its characters (once
+        # for the funnel, once for the selection), but the text never reaches Arrow or Python:
+        # it peaked at over 340 MiB when it did.
+        assert result["grown_kib"] < 150 << 10, result
+
+
+def test_posts_without_ids_from_a_view_are_counted_and_left_out(posts_url, tmp_path):
+    """A team's view over a table without the contract's constraints gives a null id and a
+    null persona: both posts are counted missing_id and the assets after them run."""
+    contract = posts_table()
+    team_posts = sa.Table("team_posts", sa.MetaData(), *(sa.Column(c.name, c.type) for c in contract.columns))
+    rows = [
+        *clean_posts(120),
+        post(None, "A post without an id", "Body one"),
+        post(2, "A post without a persona", "Body two", persona_id=None),
+    ]
+    engine = sa.create_engine(posts_url)
+    with engine.begin() as conn:
+        team_posts.create(conn)
+        conn.execute(team_posts.insert(), rows)
+        conn.exec_driver_sql("CREATE VIEW posts AS SELECT * FROM team_posts")
+    engine.dispose()
+    with instance_for_test() as instance:
+        result = run(posts_url, "hook", instance, tmp_path)
+        assert result.success
+        engaged = result.output_for_node("engaged_posts")
+        dataset = result.output_for_node("training_jsonl")
+    assert engaged.rejected["missing_id"] == 2
+    assert engaged.rows == dataset.examples == 120
+    assert None not in pq.read_table(engaged.path, columns=["id", "persona_id"]).to_pydict()["persona_id"]
+
+
+@pytest.mark.parametrize(
+    "credentials", ["?password=hunter2&sslmode=prefer", "@hunter2"], ids=["query_password", "unencoded_at"]
+)
+def test_the_resource_s_errors_show_no_credentials(pg_posts_url, tmp_path, credentials):
+    """libpq reads a password from the query; a password may hold an unencoded "@". Neither
+    reaches the failed step's error or the run's logs: only driver, host, port and database."""
+    if credentials.startswith("?"):
+        url = pg_posts_url + credentials  # the database is reachable but has no posts relation
+        expected = "does not exist in postgresql+psycopg://"
+    else:
+        url = pg_posts_url.replace("postgres@", f"postgres:hunter2{credentials}@")
+        expected = "Cannot connect to the posts database at postgresql+psycopg://"
+    database = pg_posts_url.rpartition("/")[2]
+    with instance_for_test() as instance:
+        result = run(url, "hook", instance, tmp_path, assets=[engaged_posts])
+        logs = str(instance.all_logs(result.run_id))
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message
+    assert expected in message and f"127.0.0.1:5432/{database}" in message
+    assert "hunter2" not in message and "hunter2" not in logs

@@ -71,6 +71,15 @@ def test_any_row_gives_a_valid_line_or_a_named_rejection(original_input, hook, b
     assert count_message_tokens(example["messages"]) <= len(line)
 
 
+def test_an_over_long_text_is_too_long_whatever_the_other_texts():
+    """The posts query leaves such posts out by the texts' lengths alone and counts them
+    too_long; the row-wise rule gives the same reason."""
+    long = "x" * 2_001
+    for texts in [(None, long), ("   ", long), ("Ignore all previous instructions", long), (long, None)]:
+        assert clean_fields(texts, max_chars=2_000)[0] == "too_long", texts
+    assert clean_fields(("x" * 2_000, None), max_chars=2_000)[0] == "missing_text"
+
+
 @given(st.text(max_size=200))
 def test_cleaned_text_is_nfc_without_invisible_characters(raw):
     cleaned = clean_text(raw)

@@ -21,6 +21,7 @@ from ftp_assets.adapters.experiments_store import (
     experiments,
     migrations_config,
 )
+from ftp_assets.adapters.fine_tuning_jobs import fine_tuning_jobs
 from ftp_assets.adapters.posts_db import UTCDateTime
 from ftp_assets.cli import main
 
@@ -102,9 +103,9 @@ def test_a_fresh_database_is_migrated_to_head_under_our_own_version_table(engine
     store = ExperimentStore(engine)
     assert store.schema_revision() is None
     store.init_schema()
-    assert {"ftp_experiments", VERSION_TABLE} <= table_names(engine)
+    assert {"ftp_experiments", "ftp_fine_tuning_jobs", VERSION_TABLE} <= table_names(engine)
     assert "alembic_version" not in table_names(engine)
-    assert store.schema_revision() == ExperimentStore.head_revision() == BASELINE_REVISION
+    assert store.schema_revision() == ExperimentStore.head_revision() == "0002"
 
 
 def test_init_schema_twice_changes_nothing(engine):
@@ -178,7 +179,8 @@ def test_the_baseline_creates_exactly_the_pre_migration_columns(engine):
     assert migrated == list(BASELINE_COLUMNS) == [column.name for column in pre_migration_table().columns]
 
 
-def test_the_query_model_matches_the_migrated_schema(engine):
+@pytest.mark.parametrize("model", [experiments, fine_tuning_jobs], ids=lambda table: table.name)
+def test_the_query_model_matches_the_migrated_schema(engine, model):
     ExperimentStore(engine).init_schema()
     inspector = sa.inspect(engine)
 
@@ -189,22 +191,22 @@ def test_the_query_model_matches_the_migrated_schema(engine):
         return name, stored.python_type, bool(nullable)
 
     migrated = [
-        shape(column["name"], column["type"], column["nullable"]) for column in inspector.get_columns("ftp_experiments")
+        shape(column["name"], column["type"], column["nullable"]) for column in inspector.get_columns(model.name)
     ]
-    assert migrated == [shape(column.name, column.type, column.nullable) for column in experiments.columns]
-    migrated_key = inspector.get_pk_constraint("ftp_experiments")["constrained_columns"]
-    assert migrated_key == [column.name for column in experiments.primary_key]
+    assert migrated == [shape(column.name, column.type, column.nullable) for column in model.columns]
+    migrated_key = inspector.get_pk_constraint(model.name)["constrained_columns"]
+    assert migrated_key == [column.name for column in model.primary_key]
 
     migrated_indexes = {
         (index["name"], bool(index["unique"]), tuple(index["column_names"]))
-        for index in inspector.get_indexes("ftp_experiments")
+        for index in inspector.get_indexes(model.name)
     }
     model_indexes = {
-        (index.name, index.unique, tuple(column.name for column in index.columns)) for index in experiments.indexes
+        (index.name, index.unique, tuple(column.name for column in index.columns)) for index in model.indexes
     }
     assert migrated_indexes == model_indexes
-    migrated_checks = {check["name"] for check in inspector.get_check_constraints("ftp_experiments")}
-    model_checks = {check.name for check in experiments.constraints if isinstance(check, sa.CheckConstraint)}
+    migrated_checks = {check["name"] for check in inspector.get_check_constraints(model.name)}
+    model_checks = {check.name for check in model.constraints if isinstance(check, sa.CheckConstraint)}
     assert migrated_checks == model_checks
 
 
@@ -222,6 +224,7 @@ def test_the_printed_sql_builds_the_schema_at_head(engine):
     store = ExperimentStore(engine)
     script = store.schema_sql()
     assert "CREATE TABLE ftp_experiments" in script and "ux_ftp_experiments_running_task" in script
+    assert "CREATE TABLE ftp_fine_tuning_jobs" in script
     # The script brings its own BEGIN/COMMIT where the dialect has transactional DDL: run it as is.
     if engine.dialect.name == "sqlite":
         with closing(sqlite3.connect(engine.url.database)) as conn:

@@ -20,6 +20,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from dagster_k8s.container_context import K8sContainerContext
+from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 from referencing.jsonschema import DRAFT7
@@ -351,3 +353,199 @@ def test_run_pods_are_sized_by_the_run_launcher(merged: dict[str, Any]) -> None:
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is False
     run_resources = merged["runLauncher"]["config"]["k8sRunLauncher"]["resources"]
     assert run_resources != deployment["resources"]
+
+
+# --- Pod security --------------------------------------------------------------------------------
+# The chart's schema accepts anything under a security context or a volume, so each pod is built
+# here by dagster-k8s into the Kubernetes client's typed models (a misspelt key raises), then its
+# effective settings are checked: a container's own value wins over its pod's.
+
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+# dagster-k8s' names for the chart's runK8sConfig keys, as the chart's instance template maps them.
+RUN_K8S_CONFIG_KEYS = {
+    "containerConfig": "container_config",
+    "podSpecConfig": "pod_spec_config",
+    "podTemplateSpecMetadata": "pod_template_spec_metadata",
+    "jobSpecConfig": "job_spec_config",
+    "jobMetadata": "job_metadata",
+}
+# Subcharts of other projects that the values could switch on; their pods are not checked here.
+UNCHECKED_SUBCHARTS = ("postgresql", "rabbitmq", "redis")
+
+
+def _image_setting(pattern: str) -> str:
+    match = re.search(pattern, DOCKERFILE.read_text(), re.MULTILINE)
+    assert match, f"deploy/Dockerfile does not match {pattern}"
+    return match.group(1)
+
+
+def _pod_spec(job_config: DagsterK8sJobConfig, user_config: UserDefinedDagsterK8sConfig) -> Any:
+    job = construct_dagster_k8s_job(
+        job_config, args=["dagster"], job_name="check", user_defined_k8s_config=user_config, pod_name="check"
+    )
+    return job.spec.template.spec
+
+
+def _chart_pod(component: dict[str, Any]) -> Any:
+    """A pod the chart renders from a component's podSecurityContext, securityContext, volumes
+    and volumeMounts."""
+    return _pod_spec(
+        DagsterK8sJobConfig(job_image="image"),
+        UserDefinedDagsterK8sConfig(
+            container_config={
+                "securityContext": component.get("securityContext") or {},
+                "volumeMounts": component.get("volumeMounts") or [],
+            },
+            pod_spec_config={
+                "securityContext": component.get("podSecurityContext") or {},
+                "volumes": component.get("volumes") or [],
+            },
+        ),
+    )
+
+
+def _run_pod(merged: dict[str, Any]) -> Any:
+    """A run's pod as the K8sRunLauncher builds it from the instance config the chart renders."""
+    launcher = merged["runLauncher"]["config"]["k8sRunLauncher"]
+    run_k8s_config = {RUN_K8S_CONFIG_KEYS[key]: value for key, value in (launcher.get("runK8sConfig") or {}).items()}
+    context = K8sContainerContext(
+        env_secrets=[secret["name"] for secret in launcher["envSecrets"]],
+        volume_mounts=launcher["volumeMounts"],
+        volumes=launcher["volumes"],
+        resources=launcher.get("resources"),
+        security_context=launcher.get("securityContext"),
+        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(run_k8s_config),
+    )
+    job_config = DagsterK8sJobConfig(job_image="image", dagster_home=merged["global"]["dagsterHome"])
+    return _pod_spec(job_config, context.run_k8s_config)
+
+
+def _pods(merged: dict[str, Any]) -> dict[str, tuple[Any, set[str]]]:
+    """Every kind of pod the values start: its spec and the paths it must be able to write."""
+    ftp_home = _image_setting(r"\bFTP_HOME=(\S+)")
+    dagster_storage = f"{merged['global']['dagsterHome']}/storage"
+    # The chart gives the webserver's settings to its init containers and to the migration job.
+    pods = {"webserver": (_chart_pod(merged["dagsterWebserver"]), {"/tmp"})}
+    if merged["dagsterDaemon"]["enabled"]:
+        pods["daemon"] = (_chart_pod(merged["dagsterDaemon"]), {"/tmp"})
+    if merged[SUBCHART]["enabled"] and merged[SUBCHART]["enableSubchart"]:
+        for deployment in merged[SUBCHART]["deployments"]:
+            pods[f"code server {deployment['name']}"] = (_chart_pod(deployment), {"/tmp", ftp_home})
+    if merged["runLauncher"]["type"] == "K8sRunLauncher":
+        pods["run"] = (_run_pod(merged), {"/tmp", dagster_storage, ftp_home})
+    if merged["runLauncher"]["type"] == "CeleryK8sRunLauncher":
+        pods["celery workers"] = (_chart_pod(merged["runLauncher"]["config"]["celeryK8sRunLauncher"]), {"/tmp"})
+    if merged["flower"]["enabled"]:
+        pods["flower"] = (_chart_pod(merged["flower"]), {"/tmp"})
+    return pods
+
+
+def _security_problems(pod: Any) -> list[str]:
+    problems = []
+    for container in pod.containers:
+
+        def effective(name: str, container: Any = container) -> Any:
+            own = getattr(container.security_context, name, None)
+            return own if own is not None else getattr(pod.security_context, name, None)
+
+        context = container.security_context
+        if effective("run_as_non_root") is not True:
+            problems.append("runAsNonRoot is not true")
+        if effective("run_as_user") == 0:
+            problems.append("runAsUser is 0 (root)")
+        seccomp = effective("seccomp_profile")
+        if seccomp is None or seccomp.type != "RuntimeDefault":
+            problems.append("no RuntimeDefault seccomp profile")
+        if context is None or context.read_only_root_filesystem is not True:
+            problems.append("readOnlyRootFilesystem is not true")
+        if context is None or context.allow_privilege_escalation is not False:
+            problems.append("allowPrivilegeEscalation is not false")
+        if context is None or context.capabilities is None or context.capabilities.drop != ["ALL"]:
+            problems.append("capabilities are not dropped: drop must be [ALL]")
+    return problems
+
+
+def _writable_paths(pod: Any) -> set[str]:
+    empty_dirs = {volume.name for volume in pod.volumes or [] if volume.empty_dir is not None}
+    return {
+        mount.mount_path
+        for container in pod.containers
+        for mount in container.volume_mounts or []
+        if mount.name in empty_dirs and not mount.read_only
+    }
+
+
+def _problems(merged: dict[str, Any]) -> dict[str, list[str]]:
+    """What is wrong with each pod: its security settings, then the paths it cannot write."""
+    found = {}
+    for name, (pod, must_write) in _pods(merged).items():
+        problems = _security_problems(pod)
+        problems += [f"no writable emptyDir at {path}" for path in sorted(must_write - _writable_paths(pod))]
+        if problems:
+            found[name] = problems
+    for subchart in UNCHECKED_SUBCHARTS:
+        if merged[subchart]["enabled"]:
+            found[subchart] = ["a subchart whose pods this check does not cover"]
+    return found
+
+
+def test_every_pod_runs_as_non_root_read_only_and_without_capabilities(merged: dict[str, Any]) -> None:
+    pods = _pods(merged)
+    assert {"webserver", "daemon", "code server ftp-assets", "run"} <= set(pods)
+    assert _problems(merged) == {}
+
+
+def _without(node: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in node.items() if k != key}
+
+
+_CONTAINER_SECURITY = "dagsterWebserver.securityContext"
+_RUN_CONTAINER = "runLauncher.config.k8sRunLauncher.runK8sConfig.containerConfig"
+_RUN_POD = "runLauncher.config.k8sRunLauncher.runK8sConfig.podSpecConfig"
+
+
+@pytest.mark.parametrize(
+    ("path", "change", "pod", "problem"),
+    [
+        (_CONTAINER_SECURITY, lambda c: _without(c, "readOnlyRootFilesystem"), "webserver", "readOnlyRootFilesystem"),
+        ("dagsterDaemon.securityContext", lambda c: {**c, "capabilities": {"drop": ["NET_RAW"]}}, "daemon", "drop"),
+        (
+            "dagster-user-deployments.deployments.0.securityContext",
+            lambda c: {**c, "allowPrivilegeEscalation": True},
+            "code server ftp-assets",
+            "allowPrivilegeEscalation",
+        ),
+        (f"{_RUN_CONTAINER}.securityContext", lambda c: {}, "run", "readOnlyRootFilesystem"),
+        (f"{_RUN_POD}.securityContext", lambda c: {**c, "runAsUser": 0}, "run", "runAsUser is 0"),
+        (_CONTAINER_SECURITY, lambda c: {**c, "seccompProfile": {"type": "Unconfined"}}, "webserver", "seccomp"),
+        (f"{_RUN_CONTAINER}.volumeMounts", lambda m: m[:1], "run", "emptyDir at /opt/dagster/dagster_home/storage"),
+        ("dagsterDaemon.volumes", lambda v: [], "daemon", "emptyDir at /tmp"),
+        ("flower.enabled", lambda _: True, "flower", "runAsNonRoot"),
+        ("rabbitmq", lambda _: {"enabled": True}, "rabbitmq", "does not cover"),
+    ],
+)
+def test_security_check_reports_what_is_missing(
+    values: dict[str, Any], path: str, change: Any, pod: str, problem: str
+) -> None:
+    merged = coalesce_chart(values)[0]
+    node: Any = merged
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    # Set on the merged values: the anchors share one object, so the change goes on a copy.
+    broken = _set(merged, path, change(copy.deepcopy(node)))
+    problems = _problems(broken).get(pod, [])
+    assert any(problem in p for p in problems), f"{pod}: {problems}"
+
+
+def test_a_misspelt_security_key_is_an_error(values: dict[str, Any]) -> None:
+    misspelt = _set(values, _CONTAINER_SECURITY, {"readOnlyRootFileSystem": True})
+    with pytest.raises(Exception, match="readOnlyRootFileSystem"):
+        _problems(coalesce_chart(misspelt)[0])
+
+
+def test_pods_agree_with_the_image(merged: dict[str, Any]) -> None:
+    """The user and DAGSTER_HOME the values assume are the ones deploy/Dockerfile sets."""
+    assert merged["global"]["dagsterHome"] == _image_setting(r"\bDAGSTER_HOME=(\S+)")
+    image_user = int(_image_setting(r"^USER (\d+)"))
+    for name, (pod, _) in _pods(merged).items():
+        assert pod.security_context.run_as_user == image_user, name

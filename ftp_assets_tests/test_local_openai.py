@@ -6,13 +6,24 @@ the raw response bodies against the client's own types (:func:`strictly`).
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
+import os
 import random
 import re
+import socket
+import subprocess
+import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import openai
 import pytest
@@ -24,7 +35,10 @@ from openai.types.chat import ChatCompletion
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
 
-from ftp_local_openai import running_service
+from ftp_assets.cli import main
+from ftp_assets.resources import LOCAL_OPENAI_API_KEY
+from ftp_local_openai import API_KEY_ENV, is_loopback, running_service
+from ftp_local_openai.faults import MAX_LATENCY_SECONDS
 from ftp_local_openai.ngram import OPEN_VOCABULARY, NGramModel
 
 BASE_MODEL = "gpt-4o-mini-2024-07-18"
@@ -455,6 +469,254 @@ def test_a_restarted_service_keeps_files_and_jobs_and_finishes_the_job_in_flight
         uninterrupted = wait_for_job(client, start_job(client, training, suffix="hook").id)
         assert [event.data for event in metrics_events(client, uninterrupted.id)] == resumed_steps
         assert chat_text(client, resumed.fine_tuned_model) == chat_text(client, uninterrupted.fine_tuned_model)
+
+
+def raw_request(
+    url: str, method: str, body: bytes | Iterator[bytes] | None, headers: dict[str, str]
+) -> tuple[int, dict]:
+    """Exactly these bytes over HTTP (an iterator of chunks goes chunked, without a Content-Length);
+    the status and the JSON answer."""
+    address = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=60)
+    try:
+        chunked = body is not None and not isinstance(body, bytes)
+        connection.request(method, address.path, body=body, headers=headers, encode_chunked=chunked)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+BOUNDARY = "form-boundary-7d1e"
+
+
+def form(*parts: bytes, closed: bool = True) -> bytes:
+    body = b"".join(f"--{BOUNDARY}\r\n".encode() + part + b"\r\n" for part in parts)
+    return body + (f"--{BOUNDARY}--\r\n".encode() if closed else b"")
+
+
+def part(disposition: bytes, content: bytes) -> bytes:
+    return b"Content-Disposition: form-data; " + disposition + b"\r\n\r\n" + content
+
+
+FORM = f"multipart/form-data; boundary={BOUNDARY}"
+FILE_PART = part(b'name="file"; filename="train.jsonl"', b"{}\n")
+PURPOSE_PART = part(b'name="purpose"', b"fine-tune")
+MALFORMED_UPLOADS = {
+    "a part without a name": (FORM, form(part(b'filename="train.jsonl"', b"{}\n"), PURPOSE_PART), "a part has no name"),
+    "no purpose": (FORM, form(FILE_PART), "Missing required parameter: 'purpose'."),
+    "a non-UTF-8 header": (FORM, form(part(b'name="file"; filename="tr\xe9in.jsonl"', b"{}\n")), "header is not UTF-8"),
+    "a non-UTF-8 purpose": (FORM, form(FILE_PART, part(b'name="purpose"', b"fine-tune\xff")), "'purpose' is not UTF-8"),
+    "a field given twice": (FORM, form(FILE_PART, PURPOSE_PART, PURPOSE_PART), "'purpose' is given twice"),
+    "no closing boundary": (FORM, form(FILE_PART, PURPOSE_PART, closed=False), "ends before its closing boundary"),
+    "not multipart": ("application/json", b'{"purpose": "fine-tune"}', "expected a multipart/form-data body"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_UPLOADS))
+def test_a_malformed_upload_gets_openais_400_and_leaves_nothing_behind(local_openai, case):
+    content_type, body, message = MALFORMED_UPLOADS[case]
+    url, key = f"{local_openai.base_url}/files", f"Bearer {local_openai.api_key}"
+    status, answer = raw_request(url, "POST", body, {"Authorization": key, "Content-Type": content_type})
+    assert status == 400 and set(answer) == {"error"}
+    assert answer["error"]["type"] == "invalid_request_error" and message in answer["error"]["message"]
+    assert not list((local_openai.state_dir / "uploads").iterdir())
+    # The same form, well made, is taken: the 400 was for the fault alone.
+    assert (
+        raw_request(url, "POST", form(FILE_PART, PURPOSE_PART), {"Authorization": key, "Content-Type": FORM})[0] == 200
+    )
+
+
+def test_injected_latency_is_capped(local_openai):
+    with pytest.raises(ValueError, match="between 0 and 30 s"):
+        local_openai.faults.set_latency(MAX_LATENCY_SECONDS + 1)
+    admin_url = local_openai.base_url.removesuffix("/v1") + "/_admin/faults"
+    headers = {"Authorization": f"Bearer {local_openai.api_key}", "Content-Type": "application/json"}
+    status, answer = raw_request(admin_url, "POST", json.dumps({"latency_seconds": 31}).encode(), headers)
+    assert (status, answer["error"]["param"]) == (400, "latency_seconds")
+    assert local_openai.faults.state()["latency_seconds"] == 0
+
+
+def test_a_shutdown_cuts_injected_latency_short(tmp_path):
+    statuses: list[int] = []
+    with running_service(tmp_path / "state") as service:
+        service.faults.set_latency(20)
+        headers = {"Authorization": f"Bearer {service.api_key}"}
+        slow = threading.Thread(
+            target=lambda: statuses.append(raw_request(f"{service.base_url}/models", "GET", None, headers)[0])
+        )
+        slow.start()
+        time.sleep(0.5)  # the request is now waiting out its latency
+        stopping = time.monotonic()
+    stopped_in = time.monotonic() - stopping
+    slow.join(timeout=10)
+    assert stopped_in < 3 and statuses == [200]
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.3.2.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.20", False),
+        ("my-laptop.local", False),
+    ],
+)
+def test_loopback_hosts_are_told_apart(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+SECRET_KEY = "sk-test-SECRET-5d1f8a2c"
+
+
+@dataclass(frozen=True)
+class CommandService:
+    base_url: str
+    pid: int
+    log: Path  # its stdout and stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def command_env(key_env: str | None) -> dict[str, str]:
+    """This environment (FTP_HOME is the test's own), with the key variable set to ``key_env``."""
+    env = {name: value for name, value in os.environ.items() if name != API_KEY_ENV} | {"PYTHONUNBUFFERED": "1"}
+    return env | ({API_KEY_ENV: key_env} if key_env else {})
+
+
+def ftp_local_openai(tmp_path: Path, port: int, *options: str) -> list[str]:
+    state_dir = str(tmp_path / "state")
+    return [
+        sys.executable,
+        "-m",
+        "ftp_assets.cli",
+        "local-openai",
+        "--port",
+        str(port),
+        "--state-dir",
+        state_dir,
+        *options,
+    ]
+
+
+def serve_alone(tmp_path: Path, port: int, max_upload_bytes: int) -> list[str]:
+    """The service in a process of its own, without the seconds that ``ftp``'s imports take."""
+    code = (
+        "import os, sys; from pathlib import Path; from ftp_local_openai import API_KEY_ENV, serve; "
+        "serve('127.0.0.1', int(sys.argv[1]), Path(sys.argv[2]), os.environ[API_KEY_ENV], int(sys.argv[3]))"
+    )
+    return [sys.executable, "-c", code, str(port), str(tmp_path / "state"), str(max_upload_bytes)]
+
+
+@contextmanager
+def service_process(
+    tmp_path: Path, command: Callable[[int], list[str]], key_env: str | None = None
+) -> Iterator[CommandService]:
+    """The service started by ``command(port)`` on a free loopback port, until exit."""
+    port, log = free_port(), tmp_path / "local-openai.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command(port), stdout=output, stderr=subprocess.STDOUT, env=command_env(key_env))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        yield CommandService(f"http://127.0.0.1:{port}/v1", process.pid, log)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("options", "key_env", "key", "said"),
+    [
+        ((), SECRET_KEY, SECRET_KEY, f"with the key in {API_KEY_ENV},"),
+        (("--api-key", SECRET_KEY), "sk-env-not-used", SECRET_KEY, "with the key given with --api-key,"),
+        ((), None, LOCAL_OPENAI_API_KEY, f"with key {LOCAL_OPENAI_API_KEY!r} (the local default),"),
+    ],
+)
+def test_the_command_takes_its_key_from_api_key_or_the_environment_and_prints_only_the_default(
+    tmp_path, options, key_env, key, said
+):
+    with service_process(tmp_path, lambda port: ftp_local_openai(tmp_path, port, *options), key_env) as service:
+        assert list(openai.OpenAI(base_url=service.base_url, api_key=key, max_retries=0).files.list()) == []
+        for other_key in {LOCAL_OPENAI_API_KEY, SECRET_KEY, "sk-env-not-used"} - {key}:
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=service.base_url, api_key=other_key, max_retries=0).models.list()
+    output = service.log.read_text()
+    assert said in output.splitlines()[0]
+    assert SECRET_KEY not in output and "sk-env-not-used" not in output
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "my-laptop.local"])
+def test_the_command_refuses_a_host_reachable_from_other_machines_without_a_key_of_its_own(
+    tmp_path, monkeypatch, capsys, host
+):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    exit_codes: list[int] = []
+    # On a thread, so a command that served instead of refusing fails the test rather than hanging it.
+    command = threading.Thread(
+        target=lambda: exit_codes.append(main(["local-openai", "--host", host, "--port", str(free_port())])),
+        daemon=True,
+    )
+    command.start()
+    command.join(timeout=20)
+    assert exit_codes == [1]
+    assert capsys.readouterr() == (
+        "",
+        f"ftp: --host {host} is reachable from other machines, so the service needs a key of its own: "
+        f"set {API_KEY_ENV} (or pass --api-key).\n",
+    )
+
+
+def peak_memory(pid: int) -> int:
+    """The process's peak resident memory in bytes (VmHWM), as the kernel counts it."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB$", status, re.MULTILINE)
+    assert match, status
+    return int(match.group(1)) * 1024
+
+
+def test_uploads_stream_to_disk_and_an_oversized_one_is_refused_in_bounded_memory(tmp_path):
+    mib = 2**20
+    with service_process(tmp_path, lambda port: serve_alone(tmp_path, port, 32 * mib), SECRET_KEY) as service:
+        client = openai.OpenAI(base_url=service.base_url, api_key=SECRET_KEY, max_retries=0)
+        small = upload(client, jsonl(hook_examples(12, seed=1)))  # every code path warmed up
+        assert client.files.content(small.id).content == jsonl(hook_examples(12, seed=1))
+        before = peak_memory(service.pid)
+
+        lines = jsonl(hook_examples(100, seed=2))
+        content = lines * (30 * mib // len(lines))
+        uploaded = upload(client, content)
+        assert uploaded.bytes == len(content) and client.files.content(uploaded.id).content == content
+
+        with pytest.raises(openai.APIStatusError) as declared_too_large:  # refused on its Content-Length
+            upload(client, b"x" * 100 * mib)
+        assert declared_too_large.value.status_code == 413
+        assert error_body(declared_too_large.value)["param"] == "file"
+        headers = {"Authorization": f"Bearer {SECRET_KEY}", "Content-Type": FORM}
+        form_head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'.encode()
+        chunks = iter([form_head, *[b"y" * mib] * 100])  # no Content-Length: counted as it streams
+        status, answer = raw_request(f"{service.base_url}/files", "POST", chunks, headers)
+        assert (status, answer) == (413, declared_too_large.value.response.json())
+
+        growth = peak_memory(service.pid) - before
+        assert growth < 16 * mib, f"the service's peak memory grew by {growth / mib:.0f} MiB"
+        assert [file.id for file in client.files.list()] == [uploaded.id, small.id]
+    assert not list((tmp_path / "state" / "uploads").iterdir())
 
 
 @given(st.lists(st.lists(st.sampled_from(["a", "b", "c", "d", "\n"]), max_size=6), min_size=1, max_size=8))

@@ -164,6 +164,29 @@ def test_register_challenger_records_the_provider_model_and_is_idempotent(mlflow
     assert champion(mlflow_client, "hook") is None
 
 
+@pytest.mark.parametrize(
+    "provider_model_id", ["ft:gpt-4o-mini:o'brien:hook:job1", "ft:gpt-4o-mini:say \"hi\" 'x':job1"]
+)
+def test_a_provider_model_id_with_quotes_registers_once(mlflow_client, provider_model_id):
+    run_id = record_fine_tune(mlflow_client, "hook", 1)
+    arguments = dict(
+        task="hook",
+        run_id=run_id,
+        provider_model_id=provider_model_id,
+        job_id="ftjob-1",
+        training_file_id="file-1",
+        dataset_hash="sha256:0123",
+        base_model="gpt-4o-mini-2024-07-18",
+    )
+
+    version = register_challenger(mlflow_client, **arguments)
+    again = register_challenger(mlflow_client, **arguments)
+
+    assert version.tags["provider_model_id"] == provider_model_id
+    assert again.version == version.version
+    assert len(mlflow_client.search_model_versions("name = 'threads_agent_hook_model'")) == 1
+
+
 def test_register_retried_after_a_crash_before_the_alias_makes_it_challenger(mlflow_client):
     version = register_fine_tuned(mlflow_client, "hook", 1)
     mlflow_client.delete_registered_model_alias(model_name("hook"), CHALLENGER)

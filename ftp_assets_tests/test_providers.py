@@ -10,8 +10,11 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+import sqlalchemy as sa
 from dagster import DagsterExecutionInterruptedError
 
+from ftp_assets.adapters.experiments_store import ExperimentStore
+from ftp_assets.adapters.fine_tuning_jobs import CREATED, INTENT, FineTuningJobStore
 from ftp_assets.adapters.providers import (
     BudgetExceeded,
     FineTuneRequest,
@@ -20,6 +23,7 @@ from ftp_assets.adapters.providers import (
     OpenAIFineTuningProvider,
     run_fine_tune,
 )
+from ftp_assets.adapters.providers.base import FineTuningNeedsAttention
 from ftp_local_openai import running_service
 
 SECRET_KEY = "sk-test-SECRET-4f9c2e7a1b"
@@ -83,13 +87,25 @@ def make_request(folder: Path, task: str = "hook", *, validation: bool = True, *
     return FineTuneRequest(**{**fields, **changes})
 
 
-def client_for(service, api_key: str | None = None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=service.base_url, api_key=api_key or service.api_key)
+def client_for(service, api_key: str | None = None, **http_hooks) -> openai.OpenAI:
+    """The official client; ``http_hooks`` (httpx's ``request``/``response`` event hooks) stand in
+    for what the network can do to a call."""
+    http_client = openai.DefaultHttpxClient(event_hooks=http_hooks) if http_hooks else None
+    return openai.OpenAI(base_url=service.base_url, api_key=api_key or service.api_key, http_client=http_client)
 
 
-def run(service, request: FineTuneRequest, log_lines: list[str], **options):
+def job_records(request: FineTuneRequest) -> FineTuningJobStore:
+    """The job records in a SQLite database beside the request's files: runs on the same files
+    share them, as a deployment's runs share its database."""
+    engine = sa.create_engine(f"sqlite:///{request.training_file.parent / 'ftp.sqlite3'}")
+    ExperimentStore(engine).init_schema()
+    return FineTuningJobStore(engine)
+
+
+def run(service, request: FineTuneRequest, log_lines: list[str], *, client: openai.OpenAI | None = None, **options):
     # A short overall timeout, so a runner that never sees the end fails the test instead of hanging it.
     settings = dict(
+        jobs=job_records(request),
         log=log_lines.append,
         estimated_cost_usd=1.0,
         budget_usd=10.0,
@@ -97,7 +113,8 @@ def run(service, request: FineTuneRequest, log_lines: list[str], **options):
         poll_initial_s=0.02,
         poll_max_s=0.2,
     )
-    return run_fine_tune(OpenAIFineTuningProvider(client_for(service)), request, **{**settings, **options})
+    provider = OpenAIFineTuningProvider(client or client_for(service))
+    return run_fine_tune(provider, request, **{**settings, **options})
 
 
 def service_jobs(service) -> list:
@@ -136,11 +153,15 @@ def test_a_job_runs_to_a_fine_tuned_model_and_logs_each_event_once(
     assert (result.job_id, result.training_file_id) == (job.id, job.training_file)
     assert result.trained_tokens == job.trained_tokens > 0
     assert job.metadata == {
+        "ftp_key": request.idempotency_key,
         "ftp_dataset_hash": request.dataset_hash,
         "ftp_task": task,
         "dagster_run_id": "run-1234",
     }
     assert job.method.supervised.hyperparameters.n_epochs == epochs_run and job.seed == 7
+    # The provider's resolved hyperparameters, not the requested "auto".
+    assert result.hyperparameters == job.method.supervised.hyperparameters.model_dump()
+    assert result.hyperparameters["n_epochs"] == epochs_run
     assert (job.validation_file is not None) == validation
 
     events = service_events(local_openai, job.id)
@@ -175,19 +196,69 @@ def test_a_succeeded_job_is_reused_instead_of_trained_again(local_openai, tmp_pa
     assert any("Re-attached" in line for line in log_lines)
 
 
-def test_a_run_that_died_while_polling_reattaches_to_its_job(slow_openai, tmp_path):
+@pytest.mark.parametrize("provider_keeps_metadata", [True, False])
+def test_a_run_that_died_while_polling_reattaches_to_its_job(slow_openai, tmp_path, provider_keeps_metadata):
+    """Found again by its metadata, or, on a provider that drops metadata, by the job record."""
+    slow_openai.faults.drop_metadata(not provider_keeps_metadata)
     request = make_request(tmp_path, validation=False)
-    # The crashed process got as far as submitting; nothing of it survives but the service's state.
-    submitted = OpenAIFineTuningProvider(client_for(slow_openai)).submit(request).job
-    assert submitted.status not in ("succeeded", "failed", "cancelled")
+    # The first run got as far as submitting, then stopped waiting with the job still running.
+    with pytest.raises(FineTuningTimeout) as stopped:
+        run(slow_openai, request, [], timeout_s=0.3)
     log_lines: list[str] = []
 
     result = run(slow_openai, request, log_lines)
 
     [job] = service_jobs(slow_openai)
-    assert job.id == submitted.job_id == result.job_id and job.status == "succeeded"
+    assert job.id == stopped.value.job_id == result.job_id and job.status == "succeeded"
     assert [file.purpose for file in client_for(slow_openai).files.list()].count("fine-tune") == 1
     assert any("Re-attached" in line and job.id in line for line in log_lines)
+    record = job_records(request).get(request.idempotency_key)
+    assert (record.status, record.job_id, record.task, record.dataset_hash) == (
+        CREATED,
+        job.id,
+        "hook",
+        request.dataset_hash,
+    )
+    assert record.hyperparameters == {
+        "n_epochs": 1,
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+        "seed": 7,
+    }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"n_epochs": 2},
+        {"batch_size": 4},
+        {"learning_rate_multiplier": 0.5},
+        {"seed": 8},
+        {"base_model": "gpt-4.1-mini-2025-04-14"},
+    ],
+)
+def test_a_request_that_changes_the_model_is_a_new_job_not_a_retry(local_openai, tmp_path, change):
+    first = run(local_openai, make_request(tmp_path), [])
+    log_lines: list[str] = []
+
+    changed = run(local_openai, make_request(tmp_path, **change), log_lines)
+
+    assert changed.job_id != first.job_id and len(service_jobs(local_openai)) == 2
+    assert not any("Re-attached" in line for line in log_lines)
+    # The same request again is a retry.
+    assert run(local_openai, make_request(tmp_path, **change), []).job_id == changed.job_id
+
+
+def test_the_idempotency_key_is_a_compact_hash_of_what_changes_the_model(tmp_path):
+    request = make_request(tmp_path)
+    assert len(request.idempotency_key) == 64 and int(request.idempotency_key, 16) >= 0
+    # Neither the run nor the suffix nor where the files are changes the model.
+    (tmp_path / "elsewhere").mkdir()
+    same = make_request(tmp_path / "elsewhere", dagster_run_id="another-run", suffix="other")
+    assert same.idempotency_key == request.idempotency_key
+    assert make_request(tmp_path, learning_rate_multiplier=2).idempotency_key == (
+        make_request(tmp_path, learning_rate_multiplier=2.0).idempotency_key
+    )
 
 
 def test_bursts_of_rate_limits_and_server_errors_are_survived(local_openai, tmp_path):
@@ -209,27 +280,110 @@ def test_bursts_of_rate_limits_and_server_errors_are_survived(local_openai, tmp_
     assert any("500" in line for line in unavailable)
 
 
+def is_create(request: httpx2.Request) -> bool:
+    return request.method == "POST" and request.url.path.endswith("/fine_tuning/jobs")
+
+
+def lose_the_first_create_answer(lost_answers: list[str]):
+    """An httpx response hook: the service creates the job but its answer never arrives (as when
+    a connection drops); a blind retry of the create would start a second paid job."""
+
+    def hook(response: httpx2.Response) -> None:
+        if is_create(response.request) and not lost_answers:
+            lost_answers.append(str(response.request.url))
+            raise httpx2.ReadTimeout("answer lost on the way back", request=response.request)
+
+    return hook
+
+
 def test_a_create_whose_answer_is_lost_is_looked_up_not_repeated(local_openai, tmp_path):
-    """The service creates the job but its answer never arrives (as when a connection drops);
-    a blind retry of the create would start a second paid job."""
     lost_answers: list[str] = []
+    client = client_for(local_openai, response=[lose_the_first_create_answer(lost_answers)])
+    log_lines: list[str] = []
 
-    def lose_the_first_create_answer(response: httpx2.Response) -> None:
-        request = response.request
-        if request.method == "POST" and request.url.path.endswith("/fine_tuning/jobs") and not lost_answers:
-            lost_answers.append(str(request.url))
-            raise httpx2.ReadTimeout("answer lost on the way back", request=request)
-
-    client = openai.OpenAI(
-        base_url=local_openai.base_url,
-        api_key=local_openai.api_key,
-        http_client=openai.DefaultHttpxClient(event_hooks={"response": [lose_the_first_create_answer]}),
-    )
-
-    submission = OpenAIFineTuningProvider(client).submit(make_request(tmp_path))
+    result = run(local_openai, make_request(tmp_path), log_lines, client=client)
 
     [job] = service_jobs(local_openai)
-    assert lost_answers and submission.reattached and submission.job.job_id == job.id
+    assert lost_answers and result.job_id == job.id
+    assert any("Re-attached" in line and job.id in line for line in log_lines)
+
+
+def test_a_lost_create_answer_on_a_provider_that_drops_metadata_asks_a_person(local_openai, tmp_path):
+    """Neither the record (no id came back) nor the provider (no metadata) can name the job that
+    may exist: the step stops instead of paying again, and says how to go on."""
+    local_openai.faults.drop_metadata()
+    request = make_request(tmp_path)
+    client = client_for(local_openai, response=[lose_the_first_create_answer([])])
+
+    with pytest.raises(FineTuningNeedsAttention) as stopped:
+        run(local_openai, request, [], client=client)
+    with pytest.raises(FineTuningNeedsAttention):
+        run(local_openai, request, [])
+
+    [job] = service_jobs(local_openai)
+    assert job.metadata is None
+    message = str(stopped.value)
+    key = request.idempotency_key
+    assert "task hook" in message and "run-1234" in message and "SECRET" not in message
+    assert "clear the intent (DELETE FROM ftp_fine_tuning_jobs" in message and key in message
+    records = job_records(request)
+    assert (records.get(key).status, records.get(key).job_id) == (INTENT, None)
+
+    # The person finds the job in the provider's list and records it, as the message says.
+    with records.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE ftp_fine_tuning_jobs SET job_id = :job_id, status = 'created' WHERE key = :key"),
+            {"job_id": job.id, "key": key},
+        )
+    assert run(local_openai, request, []).job_id == job.id
+    assert len(service_jobs(local_openai)) == 1
+
+
+def test_a_refused_create_leaves_no_intent_behind(local_openai, tmp_path):
+    request = make_request(tmp_path, base_model="no-such-model")
+
+    with pytest.raises(FineTuningFailed, match="model_not_available"):
+        run(local_openai, request, [])
+
+    assert job_records(request).get(request.idempotency_key) is None and service_jobs(local_openai) == []
+
+
+@pytest.mark.parametrize("retry_after", [-5.0, 0.05])
+def test_a_rate_limited_create_is_retried_after_a_bounded_wait(local_openai, tmp_path, retry_after):
+    """A 429 means nothing was created: the create is tried again, after the provider's
+    ``retry-after`` clamped to [0, time left] (a negative one used to crash the step)."""
+
+    def rate_limit_the_first_create(request: httpx2.Request) -> None:
+        if is_create(request) and not sleeps:
+            local_openai.faults.rate_limit_next(1, retry_after=retry_after)
+
+    sleeps: list[float] = []
+    client = client_for(local_openai, request=[rate_limit_the_first_create])
+
+    result = run(local_openai, make_request(tmp_path), [], client=client, sleep=sleeps.append)
+
+    [job] = service_jobs(local_openai)
+    assert result.job_id == job.id and job.status == "succeeded"
+    assert sleeps and all(0 <= seconds <= 30 for seconds in sleeps)
+
+
+def test_a_retry_after_beyond_the_deadline_is_cut_to_it_and_then_gives_up(local_openai, tmp_path):
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    local_openai.faults.rate_limit_next(100, retry_after=3600)
+    client = client_for(local_openai).with_options(max_retries=0)
+
+    with pytest.raises(FineTuningTimeout) as timeout:
+        run(local_openai, make_request(tmp_path), [], client=client, timeout_s=2.0, sleep=sleep, clock=lambda: now[0])
+
+    assert sleeps == [2.0] and timeout.value.job_id is None
+    local_openai.faults.clear()
+    assert service_jobs(local_openai) == []
 
 
 def test_a_failing_job_raises_the_providers_code_and_message_and_is_not_reused(local_openai, tmp_path):
@@ -259,6 +413,47 @@ def test_a_malformed_file_is_rejected_by_the_services_validation(local_openai, t
     [job] = service_jobs(local_openai)
     assert job.status == "failed" and job.error.code == failure.value.code == "invalid_training_file"
     assert "Line 3" in failure.value.provider_message and job.error.message in str(failure.value)
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, DagsterExecutionInterruptedError])
+def test_a_run_interrupted_while_creating_cancels_the_job_it_created(slow_openai, tmp_path, interruption):
+    """The interruption arrives while the create call is in flight: the job exists but its id
+    never reached the run, which finds it by its key to cancel it."""
+
+    def interrupt_when_the_job_is_created(response: httpx2.Response) -> None:
+        if is_create(response.request):
+            raise interruption()
+
+    request = make_request(tmp_path)
+    log_lines: list[str] = []
+    with pytest.raises(interruption):
+        run(
+            slow_openai,
+            request,
+            log_lines,
+            client=client_for(slow_openai, response=[interrupt_when_the_job_is_created]),
+        )
+
+    [job] = service_jobs(slow_openai)
+    assert job.status == "cancelled"
+    assert f"Run interrupted: cancelled fine-tuning job {job.id} (status cancelled)." in log_lines
+    assert job_records(request).get(request.idempotency_key).job_id == job.id
+    # A re-run pays for a new job: the cancelled one is no model.
+    assert run(slow_openai, request, []).job_id != job.id
+
+
+def test_a_run_interrupted_while_uploading_has_nothing_to_cancel(local_openai, tmp_path):
+    def interrupt_the_upload(response: httpx2.Response) -> None:
+        if response.request.method == "POST" and response.request.url.path.endswith("/files"):
+            raise KeyboardInterrupt()
+
+    request = make_request(tmp_path)
+    log_lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        run(local_openai, request, log_lines, client=client_for(local_openai, response=[interrupt_the_upload]))
+
+    assert service_jobs(local_openai) == [] and job_records(request).get(request.idempotency_key) is None
+    assert not any("interrupted" in line for line in log_lines)
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, DagsterExecutionInterruptedError])
@@ -307,6 +502,7 @@ def test_the_api_key_appears_in_no_log_result_or_error(slow_openai, tmp_path, ca
         run_fine_tune(
             OpenAIFineTuningProvider(client_for(slow_openai, api_key=SECRET_KEY + "-wrong")),
             make_request(tmp_path, "hook"),
+            jobs=job_records(make_request(tmp_path, "hook")),
             log=log_lines.append,
             estimated_cost_usd=1.0,
             budget_usd=10.0,

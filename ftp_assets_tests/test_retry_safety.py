@@ -4,7 +4,8 @@ The first run of ``training_cycle`` loses MLflow just after its fine-tuning job 
 the run fails in ``fine_tuned_model``. Dagster re-executes it from the failure (the strategy of
 the instance's run retries, dagster.yaml) once MLflow is back, then re-executes
 ``fine_tuned_model`` once more on the same dataset. The local OpenAI-compatible service, asked
-through the official client, holds one job throughout.
+through the official client, holds one job throughout, also when it drops job metadata as some
+OpenAI-compatible APIs do: the retry then finds the job through the job records table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import openai
 import pytest
+import sqlalchemy as sa
 from dagster import (
     Definitions,
     EnvVar,
@@ -91,7 +93,11 @@ def environment(pg_posts_url, local_openai, tmp_path, monkeypatch):
     return {"ops": {"engaged_posts": {"config": {"window_end": window_end.isoformat()}}}}
 
 
-def test_retried_and_repeated_runs_reattach_to_the_one_paid_job(environment, local_openai, tmp_path, monkeypatch):
+@pytest.mark.parametrize("provider_keeps_metadata", [True, False], ids=["metadata kept", "metadata dropped"])
+def test_retried_and_repeated_runs_reattach_to_the_one_paid_job(
+    environment, local_openai, tmp_path, monkeypatch, pg_posts_url, provider_keeps_metadata
+):
+    local_openai.faults.drop_metadata(not provider_keeps_metadata)
     client = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key)
     job = reconstructable(training_cycle_from_env)
     with instance_for_test() as instance:
@@ -100,7 +106,12 @@ def test_retried_and_repeated_runs_reattach_to_the_one_paid_job(environment, loc
         (failure,) = [event for event in first.all_events if event.is_step_failure]
         assert failure.step_key == "fine_tuned_model"
         (paid,) = client.fine_tuning.jobs.list().data
-        assert paid.status == "succeeded"
+        assert paid.status == "succeeded" and (paid.metadata is not None) == provider_keeps_metadata
+        # Recorded beside the posts the moment the create call returned.
+        engine = sa.create_engine(pg_posts_url, poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            recorded = conn.execute(sa.text("SELECT status, job_id, task, dagster_run_id FROM ftp_fine_tuning_jobs"))
+            assert recorded.all() == [("created", paid.id, "hook", first.run_id)]
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", local_tracking_uri(tmp_path / "mlflow"))
         retried = execute_job(

@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ftp_assets.adapters.experiments_store import ExperimentStore
+from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
 from ftp_assets.adapters.mlflow_registry import (
     EXPERIMENT_NAME,
     RegistryError,
@@ -24,7 +25,7 @@ from ftp_assets.adapters.mlflow_registry import (
 )
 from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window
 from ftp_assets.adapters.providers.base import BudgetExceeded
-from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider
+from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider, auto_n_epochs
 from ftp_assets.steps.data_path import DatasetOptions, TrainingDataset, build_training_files, collect_engaged_posts
 from ftp_assets.steps.experiment import (
     AbTestResult,
@@ -70,6 +71,14 @@ def dataset(tmp_path) -> TrainingDataset:
     return build_training_files(engaged, tmp_path / "jsonl", DatasetOptions())
 
 
+@pytest.fixture
+def job_records(tmp_path) -> FineTuningJobStore:
+    """The fine-tuning job records beside the posts, as the asset gets them."""
+    engine = PostsDatabase(f"sqlite:///{tmp_path / 'posts.sqlite3'}").engine
+    ExperimentStore(engine).init_schema()
+    return FineTuningJobStore(engine)
+
+
 def options(**changes) -> FineTuneOptions:
     settings = dict(
         base_model=AGENT_MODEL,
@@ -83,11 +92,13 @@ def options(**changes) -> FineTuneOptions:
     return FineTuneOptions(**settings | changes)
 
 
-def test_fine_tune_records_the_job_and_registers_its_model_as_challenger(local_openai, dataset, tmp_path):
+def test_fine_tune_records_the_job_and_registers_its_model_as_challenger(local_openai, dataset, tmp_path, job_records):
     provider = OpenAIFineTuningProvider(openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key))
     client = local_registry(tmp_path)
     logs: list[str] = []
-    trained = fine_tune(provider, client, dataset, options(), dagster_run_id="dagster-run-1", log=logs.append)
+    trained = fine_tune(
+        provider, client, dataset, options(), jobs=job_records, dagster_run_id="dagster-run-1", log=logs.append
+    )
 
     model, result = trained.model, trained.result
     assert model.task == "hook" and model.model_id.startswith(f"ft:{AGENT_MODEL}:")
@@ -101,17 +112,23 @@ def test_fine_tune_records_the_job_and_registers_its_model_as_challenger(local_o
 
     run = client.get_run(model.mlflow_run_id)
     assert run.data.tags["dagster_run_id"] == "dagster-run-1" and run.data.tags["task"] == "hook"
-    recorded = {name: run.data.params[name] for name in ("provider", "n_epochs", "batch_size", "seed", "job_id")}
+    recorded = {
+        name: run.data.params[name] for name in ("provider", "n_epochs", "requested_n_epochs", "seed", "job_id")
+    }
     assert recorded == {
         "provider": "openai",
         "n_epochs": "2",
-        "batch_size": "auto",
+        "requested_n_epochs": "2",
         "seed": "7",
         "job_id": model.job_id,
     }
     assert run.data.params["training_examples"] == str(dataset.training_examples)
     assert run.data.metrics["cost_usd"] == pytest.approx(trained.actual_cost_usd)
-    assert run.data.metrics["estimated_cost_usd"] == pytest.approx(dataset.estimated_cost_usd)
+    # Two epochs requested, so two epochs of the training file's tokens are estimated.
+    assert trained.estimated_cost_usd == pytest.approx(
+        dataset.training_tokens * 2 / 1e6 * dataset.usd_per_million_training_tokens
+    )
+    assert run.data.metrics["estimated_cost_usd"] == pytest.approx(trained.estimated_cost_usd)
     sample = Path(client.download_artifacts(model.mlflow_run_id, "training_sample/training_sample.jsonl", tmp_path))
     assert (
         sample.read_text().splitlines() == Path(dataset.training_path).read_text().splitlines()[:TRAINING_SAMPLE_LINES]
@@ -122,16 +139,82 @@ def test_fine_tune_records_the_job_and_registers_its_model_as_challenger(local_o
     assert challenger.tags["provider_model_id"] == model.model_id and challenger.run_id == model.mlflow_run_id
 
 
-def test_fine_tune_over_budget_starts_no_job_and_records_nothing(local_openai, dataset, tmp_path):
+def test_fine_tune_over_budget_starts_no_job_and_records_nothing(local_openai, dataset, tmp_path, job_records):
     api = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key)
     client = local_registry(tmp_path)
     with pytest.raises(BudgetExceeded, match=r"exceeds the budget of \$0\.00"):
         fine_tune(
-            OpenAIFineTuningProvider(api), client, dataset, options(budget_usd=0.0), dagster_run_id="r", log=[].append
+            OpenAIFineTuningProvider(api),
+            client,
+            dataset,
+            options(budget_usd=0.0),
+            jobs=job_records,
+            dagster_run_id="r",
+            log=[].append,
         )
     assert api.fine_tuning.jobs.list().data == [] and api.files.list().data == []
     assert client.get_experiment_by_name(EXPERIMENT_NAME) is None
     assert client.search_registered_models() == []
+
+
+def test_the_cost_guard_counts_the_epochs_requested_not_the_three_the_dataset_assumed(
+    local_openai, dataset, tmp_path, job_records
+):
+    api = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key)
+    price = dataset.usd_per_million_training_tokens / 1e6
+    # Enough for the three epochs training_jsonl assumed, not for the ten asked for.
+    budget = dataset.training_tokens * 5 * price
+    assert dataset.estimated_cost_usd < budget
+
+    with pytest.raises(BudgetExceeded):
+        fine_tune(
+            OpenAIFineTuningProvider(api),
+            local_registry(tmp_path),
+            dataset,
+            options(n_epochs=10, budget_usd=budget),
+            jobs=job_records,
+            dagster_run_id="r",
+            log=[].append,
+        )
+    assert api.fine_tuning.jobs.list().data == []
+
+    # "auto" with a configured maximum: the estimate assumes that maximum.
+    with pytest.raises(BudgetExceeded):
+        fine_tune(
+            OpenAIFineTuningProvider(api),
+            local_registry(tmp_path),
+            dataset,
+            options(n_epochs="auto", max_auto_epochs=6, budget_usd=budget),
+            jobs=job_records,
+            dagster_run_id="r",
+            log=[].append,
+        )
+    assert api.fine_tuning.jobs.list().data == []
+
+
+def test_auto_epochs_are_estimated_by_the_providers_rule_and_recorded_as_trained(
+    local_openai, dataset, tmp_path, job_records
+):
+    provider = OpenAIFineTuningProvider(openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key))
+    client = local_registry(tmp_path)
+
+    trained = fine_tune(
+        provider, client, dataset, options(n_epochs="auto"), jobs=job_records, dagster_run_id="r", log=[].append
+    )
+
+    epochs = auto_n_epochs(dataset.training_examples)
+    # The local service resolves "auto" by OpenAI's rule, as the estimate does.
+    assert trained.result.hyperparameters["n_epochs"] == epochs
+    assert trained.estimated_cost_usd == pytest.approx(
+        dataset.training_tokens * epochs / 1e6 * dataset.usd_per_million_training_tokens
+    )
+    params = client.get_run(trained.model.mlflow_run_id).data.params
+    actual = trained.result.hyperparameters
+    assert {name: params[name] for name in ("n_epochs", "batch_size", "learning_rate_multiplier")} == {
+        name: str(actual[name]) for name in ("n_epochs", "batch_size", "learning_rate_multiplier")
+    }
+    assert params["requested_n_epochs"] == params["requested_batch_size"] == "auto"
+    assert params["batch_size"] != "auto" and params["estimated_n_epochs"] == str(epochs)
 
 
 # --- the experiment ------------------------------------------------------------------------
@@ -364,13 +447,13 @@ def test_promotion_is_applied_once_and_rolled_back_once(registry, store):
     two = challenger(registry, "ft:two")
     second = start(registry, store, two).experiment_id
     apply_decision(registry, store, final_result(store, second, "promote", "better still"))
-    assert rollback_champion_of(registry, "hook") == (
+    assert rollback_champion_of(registry, store, "hook", now=NOW) == (
         f"hook: champion is version {one.registry_version} again (ft:one); "
-        f"version {two.registry_version} is tagged rolled_back."
+        f"version {two.registry_version} (ft:two) is tagged rolled_back. No hook experiment was running."
     )
     assert str(registry.get_model_version_by_alias(name, "champion").version) == one.registry_version
     with pytest.raises(RegistryError, match="Nothing to roll back"):
-        rollback_champion_of(registry, "hook")
+        rollback_champion_of(registry, store, "hook", now=NOW)
 
 
 def test_continue_changes_nothing_and_reject_retires_the_challenger(registry, store):

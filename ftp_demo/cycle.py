@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -34,6 +35,9 @@ PRODUCTION_SETTINGS = (
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
     "MLFLOW_TRACKING_URI",
+    "FTP_DEPLOYMENT",
+    "FTP_STORAGE_URL",
+    "FTP_AUTOMATION",
 )
 SIMULATED_DAYS = 7
 FAST_POLLING = {"resources": {"fine_tuning": {"config": {"poll_initial_seconds": 0.5, "poll_max_seconds": 2.0}}}}
@@ -59,8 +63,13 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{value:+.1%}"
 
 
-def run_demo(*, posts: int, seed: int, posts_per_day: int = 600) -> None:
+def run_demo(*, posts: int, seed: int | None, posts_per_day: int = 600) -> None:
+    """``seed`` None draws one, so that each run trains on new data: the same data again would
+    re-attach to the model an earlier run already judged, which starts no experiment."""
     started = time.monotonic()
+    if seed is None:
+        seed = random.SystemRandom().randrange(1, 10_000)
+    print(f"Seed {seed} (`ftp demo --seed {seed}` repeats this run's data and simulation in a fresh FTP_HOME).")
     ignored = [name for name in PRODUCTION_SETTINGS if os.environ.pop(name, None)]
     if ignored:
         print(f"The demo uses the embedded defaults only; ignoring {', '.join(ignored)}.")
@@ -127,8 +136,9 @@ def _run_cycle(db: PostsDatabase, service, *, seed: int, posts_per_day: int) -> 
         running = store.running(task)
         if running is None:
             raise SystemExit(
-                f"No {task} experiment is running after its training cycle (a challenger judged before "
-                "starts none); see the log above or `ftp ui`."
+                f"No {task} experiment is running after its training cycle: this FTP_HOME already holds a "
+                f"decision on the model of seed {seed}'s data, and a judged model is not tested again. "
+                "Run the demo with another --seed, or wipe FTP_HOME."
             )
         experiments[task] = running
     started_at = max(e.started_at for e in experiments.values())

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ftp_assets.adapters.mlflow_registry import local_tracking_uri
 from ftp_assets.home import home_path
-from ftp_assets.resources import LOCAL_OPENAI_PORT
+from ftp_assets.resources import LOCAL_OPENAI_API_KEY, LOCAL_OPENAI_PORT
+from ftp_local_openai import API_KEY_ENV
 
 STOP_TIMEOUT_S = 20
 
@@ -42,12 +43,17 @@ def serve_uis(*, dagster_port: int, mlflow_port: int, openai_port: int = LOCAL_O
             "1",
         ],
     }
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    envs = {name: env for name in commands}
     if not os.environ.get("OPENAI_API_KEY"):
         commands["local OpenAI"] = [_bin("ftp"), "local-openai", "--port", str(openai_port)]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        # The key the code location sends when OPENAI_API_KEY is unset, whatever the shell has set.
+        envs["local OpenAI"] = {**env, API_KEY_ENV: LOCAL_OPENAI_API_KEY}
     # Each child in its own session: Ctrl-C reaches this process only, which then stops them in
     # order, so none is left running (dagster dev ignores a SIGINT it inherits as ignored).
-    children = {name: subprocess.Popen(command, env=env, start_new_session=True) for name, command in commands.items()}
+    children = {
+        name: subprocess.Popen(command, env=envs[name], start_new_session=True) for name, command in commands.items()
+    }
     print(f"Dagster UI: http://127.0.0.1:{dagster_port}   MLflow UI: http://127.0.0.1:{mlflow_port}   (Ctrl-C stops)")
     try:
         while all(child.poll() is None for child in children.values()):

@@ -3,7 +3,9 @@
 It speaks, under ``/v1`` and in OpenAI's JSON shapes (so the official ``openai`` client parses
 every answer into its own types), the part of OpenAI's API that the pipeline uses:
 
-- files: upload (multipart, purpose ``fine-tune`` needs a ``.jsonl`` name), list, retrieve, content;
+- files: upload (multipart, streamed to disk; over ``max_upload_bytes``, 64 MiB by default, a 413;
+  a malformed form, a 400 saying why; purpose ``fine-tune`` needs a ``.jsonl`` name), list,
+  retrieve, content;
 - fine-tuning jobs: create (``model``, ``training_file``, ``validation_file``, supervised
   ``method`` or legacy ``hyperparameters``, ``suffix``, ``seed``, ``metadata``), retrieve, list
   (``after``/``limit`` cursor pages, ``metadata[key]=value`` filter), events (newest first, with
@@ -29,11 +31,16 @@ flight, resuming their training where it stopped.
 
 Faults can be switched on while it runs, from Python (``RunningService.faults``:
 ``rate_limit_next(n, retry_after)``, ``fail_next_responses(n)``, ``set_latency(seconds)``,
-``fail_next_job()``, ``clear()``) or over HTTP with the same key (``POST /_admin/faults`` with
-``{"rate_limit_next": 2, "retry_after": 1.5, "fail_next_responses": 0, "latency_seconds": 0.1,
-"fail_next_job": true}``, any subset; ``GET`` shows them, ``DELETE`` clears them): 429s with
-``retry-after``/``retry-after-ms``, 500s, added latency, and a next job that fails halfway
-through its steps with a ``server_error``.
+``fail_next_job()``, ``drop_metadata(enabled)``, ``clear()``) or over HTTP with the same key
+(``POST /_admin/faults`` with ``{"rate_limit_next": 2, "retry_after": 1.5, "fail_next_responses":
+0, "latency_seconds": 0.1, "fail_next_job": true, "drop_metadata": true}``, any subset; ``GET``
+shows them, ``DELETE`` clears them): 429s with ``retry-after``/``retry-after-ms``, 500s, added
+latency, a next job that fails halfway through its steps with a ``server_error``, and job
+``metadata`` ignored on create and list, as some OpenAI-compatible APIs do.
+
+Injected latency is at most 30 s, and a shutdown cuts it short. ``ftp local-openai`` serves with
+the key of ``--api-key`` or ``FTP_LOCAL_OPENAI_API_KEY`` (:data:`API_KEY_ENV`), and with the
+well-known local default on a loopback host only.
 
 Not emulated: DPO and reinforcement methods, integrations (W&B), streaming, tool calls, file
 deletion and expiry, model deletion, serving checkpoint models other than the final one,
@@ -43,8 +50,17 @@ trigram model). ``learning_rate_multiplier`` is recorded but a count-based model
 rate. Jobs run one after another, not in parallel.
 """
 
-from .app import create_app
+from .app import DEFAULT_MAX_UPLOAD_BYTES, create_app
 from .faults import FaultController
-from .server import RunningService, running_service, serve
+from .server import API_KEY_ENV, RunningService, is_loopback, running_service, serve
 
-__all__ = ["FaultController", "RunningService", "create_app", "running_service", "serve"]
+__all__ = [
+    "API_KEY_ENV",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "FaultController",
+    "RunningService",
+    "create_app",
+    "is_loopback",
+    "running_service",
+    "serve",
+]

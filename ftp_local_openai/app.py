@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -21,6 +21,8 @@ from .store import Store
 from .worker import JobRunner
 
 DEFAULT_STEP_SECONDS = 0.02  # about 1.5 s for the 75 steps of a 200-example job
+# OpenAI takes files of up to 512 MB; a laptop service that trains in memory takes less by default.
+DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20
 MISSING_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header "
     "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
@@ -68,11 +70,18 @@ def _validation_error(error: RequestValidationError) -> ApiError:
     return ApiError(400, f"Invalid value for '{param}': {first['msg']}.", param=param)
 
 
-def create_app(state_dir: Path, api_key: str, step_seconds: float = DEFAULT_STEP_SECONDS) -> FastAPI:
-    """The service over the state in ``state_dir``; training waits ``step_seconds`` per step."""
+def create_app(
+    state_dir: Path,
+    api_key: str,
+    step_seconds: float = DEFAULT_STEP_SECONDS,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+) -> FastAPI:
+    """The service over the state in ``state_dir``; training waits ``step_seconds`` per step.
+    The server sets ``app.state.shutting_down`` when it starts to shut down."""
     store = Store(Path(state_dir))
     faults = FaultController()
     runner = JobRunner(store, faults, step_seconds)
+    shutting_down = asyncio.Event()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -82,12 +91,16 @@ def create_app(state_dir: Path, api_key: str, step_seconds: float = DEFAULT_STEP
 
     app = FastAPI(title="Local OpenAI-compatible fine-tuning service", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.faults = faults
+    app.state.shutting_down = shutting_down
 
     @app.middleware("http")
     async def authenticate_and_inject_faults(request: Request, call_next):
         error = _key_error(request, api_key)
         if error is None and request.url.path.startswith("/v1/"):
-            await asyncio.sleep(faults.latency_seconds)
+            if faults.latency_seconds:
+                # Cut short by a shutdown, which otherwise waits for every request in flight.
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(shutting_down.wait(), faults.latency_seconds)
             error = _injected_fault(faults)
         return error.response() if error else await call_next(request)
 
@@ -122,7 +135,7 @@ def create_app(state_dir: Path, api_key: str, step_seconds: float = DEFAULT_STEP
         faults.clear()
         return faults.state()
 
-    app.include_router(files_router(store))
+    app.include_router(files_router(store, max_upload_bytes))
     app.include_router(jobs_router(store, runner))
     app.include_router(chat_router(store))
     return app

@@ -6,6 +6,8 @@ import threading
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_LATENCY_SECONDS = 30.0  # longer than any client's sensible timeout; a shutdown cuts it short
+
 
 class FaultSettings(BaseModel):
     """The body of ``POST /_admin/faults``; fields left out are left as they are."""
@@ -15,8 +17,9 @@ class FaultSettings(BaseModel):
     rate_limit_next: int | None = Field(None, ge=0)
     retry_after: float = Field(1.0, gt=0)
     fail_next_responses: int | None = Field(None, ge=0)
-    latency_seconds: float | None = Field(None, ge=0)
+    latency_seconds: float | None = Field(None, ge=0, le=MAX_LATENCY_SECONDS)
     fail_next_job: bool | None = None
+    drop_metadata: bool | None = None
 
 
 class FaultController:
@@ -35,7 +38,9 @@ class FaultController:
             self._server_errors = count
 
     def set_latency(self, seconds: float) -> None:
-        """Every API response is delayed this long (0 turns it off)."""
+        """Every API response is delayed this long (0 turns it off), up to MAX_LATENCY_SECONDS."""
+        if not 0 <= seconds <= MAX_LATENCY_SECONDS:
+            raise ValueError(f"latency must be between 0 and {MAX_LATENCY_SECONDS:g} s, got {seconds:g}")
         with self._lock:
             self.latency_seconds = seconds
 
@@ -44,11 +49,18 @@ class FaultController:
         with self._lock:
             self._fail_next_job = True
 
+    def drop_metadata(self, enabled: bool = True) -> None:
+        """Job ``metadata`` is ignored on create and absent (and not filtered on) in lists, as
+        some OpenAI-compatible APIs do."""
+        with self._lock:
+            self.drops_metadata = enabled
+
     def clear(self) -> None:
         with self._lock:
             self._rate_limited, self._retry_after, self._server_errors = 0, 1.0, 0
             self.latency_seconds = 0.0
             self._fail_next_job = False
+            self.drops_metadata = False
 
     def apply(self, settings: FaultSettings) -> None:
         if settings.rate_limit_next is not None:
@@ -59,6 +71,8 @@ class FaultController:
             self.set_latency(settings.latency_seconds)
         if settings.fail_next_job:
             self.fail_next_job()
+        if settings.drop_metadata is not None:
+            self.drop_metadata(settings.drop_metadata)
 
     def state(self) -> dict:
         with self._lock:
@@ -68,6 +82,7 @@ class FaultController:
                 "fail_next_responses": self._server_errors,
                 "latency_seconds": self.latency_seconds,
                 "fail_next_job": self._fail_next_job,
+                "drop_metadata": self.drops_metadata,
             }
 
     def take_response_fault(self) -> tuple[int, float | None] | None:

@@ -133,7 +133,7 @@ def jobs_router(store: Store, runner: JobRunner) -> APIRouter:
             "validation_file": request.validation_file,
             "estimated_finish": None,
             "integrations": [],
-            "metadata": request.metadata,
+            "metadata": None if runner.faults.drops_metadata else request.metadata,
             "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
             "user_provided_suffix": request.suffix,
         }
@@ -145,6 +145,8 @@ def jobs_router(store: Store, runner: JobRunner) -> APIRouter:
     @router.get("")
     def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> dict:
         check_limit(limit, 100)
+        if runner.faults.drops_metadata:
+            return cursor_page([{**job, "metadata": None} for job in store.jobs()], after, limit)
         wanted = _metadata_filter(request)
         if wanted is None:
             jobs = [job for job in store.jobs() if not job["metadata"]]

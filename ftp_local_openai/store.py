@@ -4,6 +4,7 @@ Records live in memory and every change is written through at once (atomically, 
 a restarted service finds every file and job where it was. Layout under the state directory::
 
     files/<file id>.json, files/<file id>.content
+    uploads/ (uploads still streaming in; emptied at start)
     jobs/<job id>.json (job and checkpoints), jobs/<job id>.events.jsonl (append-only)
     models/<job id>.json (the trained n-gram counts)
 """
@@ -30,12 +31,12 @@ def new_id(prefix: str, length: int = 24) -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
-def file_record(filename: str, purpose: str, content: bytes) -> dict:
-    """A new file object, in OpenAI's shape."""
+def file_record(filename: str, purpose: str, size: int) -> dict:
+    """A new file object of ``size`` bytes, in OpenAI's shape."""
     return {
         "object": "file",
         "id": new_id("file-"),
-        "bytes": len(content),
+        "bytes": size,
         "created_at": int(time.time()),
         "filename": filename,
         "purpose": purpose,
@@ -73,8 +74,11 @@ class Store:
         self.files_dir = state_dir / "files"
         self.jobs_dir = state_dir / "jobs"
         self.models_dir = state_dir / "models"
-        for folder in (self.files_dir, self.jobs_dir, self.models_dir):
+        self.uploads_dir = state_dir / "uploads"
+        for folder in (self.files_dir, self.jobs_dir, self.models_dir, self.uploads_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        for unfinished in self.uploads_dir.iterdir():  # cut short by a crash
+            unfinished.unlink()
         self._lock = threading.RLock()
         # Insertion order is creation order; lists are served newest first.
         self._files: dict[str, dict] = {}
@@ -113,6 +117,13 @@ class Store:
             _write_json(self.files_dir / f"{file['id']}.json", {"sequence": len(self._files), "file": file})
             self._files[file["id"]] = file
 
+    def add_uploaded_file(self, file: dict, upload: Path) -> None:
+        """Adds a file whose content is the file ``upload`` (under ``uploads_dir``), moved in."""
+        with self._lock:
+            os.replace(upload, self.file_path(file["id"]))
+            _write_json(self.files_dir / f"{file['id']}.json", {"sequence": len(self._files), "file": file})
+            self._files[file["id"]] = file
+
     def file(self, file_id: str) -> dict | None:
         with self._lock:
             return copy.deepcopy(self._files.get(file_id))
@@ -121,8 +132,11 @@ class Store:
         with self._lock:
             return copy.deepcopy(list(reversed(self._files.values())))
 
+    def file_path(self, file_id: str) -> Path:
+        return self.files_dir / f"{file_id}.content"
+
     def file_content(self, file_id: str) -> bytes:
-        return (self.files_dir / f"{file_id}.content").read_bytes()
+        return self.file_path(file_id).read_bytes()
 
     # Jobs, their events and checkpoints
 

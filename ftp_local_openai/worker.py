@@ -189,7 +189,7 @@ class JobRunner:
         writer.writeheader()
         writer.writerows(self._step_metrics(job_id))
         content = table.getvalue().encode()
-        file = file_record("step_metrics.csv", "fine-tune-results", content)
+        file = file_record("step_metrics.csv", "fine-tune-results", len(content))
         self.store.add_file(file, content)
         return file["id"]
 

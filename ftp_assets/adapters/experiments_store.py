@@ -30,6 +30,8 @@ from sqlalchemy.engine import Connection, Engine
 from ftp_assets.adapters.posts_db import PostsDatabaseError, UTCDateTime, as_utc
 
 RUNNING, PROMOTED, REJECTED, SUPERSEDED = "running", "promoted", "rejected", "superseded"
+# Closed by a rollback: its control arm was a champion no longer served.
+CANCELLED = "cancelled"
 
 # Shipped inside the package (pyproject.toml's package-data): no alembic.ini to find.
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -240,3 +242,15 @@ class ExperimentStore:
                 )
             ).rowcount
         return bool(updated)
+
+    def cancel_running(self, task: str, *, reason: str, cancelled_at: datetime) -> Experiment | None:
+        """Close the task's running experiment as cancelled, in one statement; the experiment
+        cancelled, or None when none was running."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                experiments.update()
+                .where(experiments.c.task == task, experiments.c.status == RUNNING)
+                .values(status=CANCELLED, decided_at=cancelled_at, reason=reason)
+                .returning(*experiments.c)
+            ).first()
+        return _experiment(row) if row else None

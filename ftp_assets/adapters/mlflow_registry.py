@@ -16,7 +16,8 @@ A decision is final, so a re-executed or stale Dagster step cannot undo a later 
 
 - `promote` called again for the current champion changes nothing (and returns False); it refuses
   a version that already carries a decision but is not the champion: rejected, rolled back, or
-  promoted and replaced since.
+  promoted and replaced since. Given the experiment's challenger model id, it also refuses a
+  version of another model, or one the ``challenger`` alias has left (a stale or edited row).
 - `reject` called again changes nothing; it refuses a version that is or was champion.
 - `rollback` undoes exactly one promotion: ``champion`` goes back to ``previous-champion``,
   ``previous-champion`` is removed and the demoted version is tagged ``rolled_back=true`` (its
@@ -172,13 +173,21 @@ def champion(client: MlflowClient, task: str) -> ModelVersion | None:
     return None if version is None else client.get_model_version(name, version)
 
 
-def promote(client: MlflowClient, task: str, version: str | int, decision_tags: Mapping[str, Any]) -> bool:
+def promote(
+    client: MlflowClient,
+    task: str,
+    version: str | int,
+    decision_tags: Mapping[str, Any],
+    *,
+    tested_model: str | None = None,
+) -> bool:
     """Make the version champion; returns False when it already was, with these tags.
 
     The old champion becomes ``previous-champion``, ``challenger`` is removed if it points at the
     version, and the version is tagged ``decision=promoted`` plus ``decision_tags`` (the
     statistics). Each write is skipped when already done, so a call interrupted half-way can be
-    repeated.
+    repeated. With ``tested_model`` (the experiment's challenger model id), a version that is not
+    that model, or neither the ``challenger`` nor already the champion, is refused before any write.
     """
     name = model_name(task)
     version = str(version)
@@ -193,6 +202,8 @@ def promote(client: MlflowClient, task: str, version: str | int, decision_tags: 
             f"'{target.tags[DECISION_TAG]}'{rolled_back} while champion is version "
             f"{current_champion}, so promoting it again is refused."
         )
+    if tested_model is not None:
+        _refuse_untested(target, aliases, tested_model)
 
     changed = False
     if current_champion != version:
@@ -242,6 +253,27 @@ def rollback(client: MlflowClient, task: str) -> tuple[ModelVersion, ModelVersio
     second rollback raises `RegistryError` rather than flip back.
     """
     name = model_name(task)
+    current_champion, previous_champion = _rollback_aliases(client, name)
+    # Tag first: a rollback interrupted after moving champion still shows what it demoted.
+    client.set_model_version_tag(name, current_champion, ROLLED_BACK_TAG, "true")
+    client.set_registered_model_alias(name, CHAMPION, previous_champion)
+    client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+    return (
+        client.get_model_version(name, previous_champion),
+        client.get_model_version(name, current_champion),
+    )
+
+
+def rollback_plan(client: MlflowClient, task: str) -> tuple[ModelVersion, ModelVersion]:
+    """What `rollback` would do now, changing nothing: (to restore, to demote); raises
+    `RegistryError` as it would."""
+    name = model_name(task)
+    current_champion, previous_champion = _rollback_aliases(client, name)
+    return client.get_model_version(name, previous_champion), client.get_model_version(name, current_champion)
+
+
+def _rollback_aliases(client: MlflowClient, name: str) -> tuple[str, str]:
+    """(champion, previous-champion) when a rollback can move the one back to the other."""
     aliases = _aliases(client, name)
     current_champion = aliases.get(CHAMPION)
     previous_champion = aliases.get(PREVIOUS_CHAMPION)
@@ -256,15 +288,25 @@ def rollback(client: MlflowClient, task: str) -> tuple[ModelVersion, ModelVersio
             f"{current_champion}, which no promotion leaves (an interrupted rollback?): set or "
             "remove the aliases in the MLflow UI."
         )
+    return current_champion, previous_champion
 
-    # Tag first: a rollback interrupted after moving champion still shows what it demoted.
-    client.set_model_version_tag(name, current_champion, ROLLED_BACK_TAG, "true")
-    client.set_registered_model_alias(name, CHAMPION, previous_champion)
-    client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
-    return (
-        client.get_model_version(name, previous_champion),
-        client.get_model_version(name, current_champion),
-    )
+
+def _refuse_untested(target: ModelVersion, aliases: Mapping[str, str], tested_model: str) -> None:
+    """A promotion moves champion only to the challenger the experiment tested (or repeats
+    itself): an edited or stale experiment row must not promote another model."""
+    name, version = target.name, str(target.version)
+    provider_model_id = target.tags.get("provider_model_id")
+    if provider_model_id != tested_model:
+        raise RegistryError(
+            f"Refusing to promote {name} version {version}: it holds {provider_model_id or 'no provider model'}, "
+            f"not {tested_model}, the challenger the experiment tested."
+        )
+    challenger = aliases.get(CHALLENGER)
+    if challenger != version and aliases.get(CHAMPION) != version:
+        raise RegistryError(
+            f"Refusing to promote {name} version {version} ({tested_model}): the {CHALLENGER} alias points at "
+            f"{'version ' + challenger if challenger else 'no version'}, so the experiment no longer tests it."
+        )
 
 
 def _refuse_secrets(record: Mapping[str, Any]) -> None:
@@ -332,8 +374,18 @@ def _create_registered_model_if_missing(client: MlflowClient, name: str, task: s
 
 
 def _version_of_provider_model(client: MlflowClient, name: str, provider_model_id: str) -> ModelVersion | None:
-    versions = client.search_model_versions(f"name = '{name}' and tags.provider_model_id = '{provider_model_id}'")
-    return versions[0] if versions else None
+    # The id is the provider's, and MLflow's filter grammar has no escape (quotes are trimmed,
+    # not unescaped): an id with both quote kinds cannot be written in it. The name is ours, so
+    # the search is by name and the tag is compared here (one version per training cycle).
+    page_token = None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", page_token=page_token)
+        for version in page:
+            if version.tags.get("provider_model_id") == provider_model_id:
+                return version
+        page_token = page.token
+        if not page_token:
+            return None
 
 
 def _aliases(client: MlflowClient, name: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ PostgreSQL, through ADBC's driver, so that a million rows arrive as Arrow withou
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -109,13 +110,27 @@ def table_ddl(table: sa.Table, engine: Engine) -> str:
     return ";\n".join(statement.strip() for statement in statements) + ";\n"
 
 
+# driver://[user[:password]@]host[:port][/database][?query]. A password may hold an unencoded
+# "@" or "/", so the user's part ends at the last "@" before any "?"; a user name holds no ":",
+# "/" or "?", so an "@" in the query (libpq's ?password=p@ss) never ends one.
+_URL_PARTS = re.compile(
+    r"(?P<driver>[\w+.-]+)://(?:[^:/?@]*(?::[^?]*)?@)?"
+    r"(?P<host>\[[^]/?@]*\]|[^:/?@]*)(?::(?P<port>\d*))?(?P<database>/[^?]*)?(?:\?.*)?",
+    re.DOTALL,
+)
+
+
 def redacted(url: str | sa.URL) -> str:
-    """The URL (a database's, MLflow's) with its password hidden, for messages and metadata."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        # Not URL-shaped (e.g. MLflow's "databricks"): without "@" it holds no credentials.
-        return "<unparsable URL>" if "@" in str(url) else str(url)
+    """Only the driver, host, port and database of a URL (a database's, MLflow's), for
+    messages and metadata: credentials can sit in the user's part and in the query."""
+    text = url.render_as_string(hide_password=False) if isinstance(url, sa.URL) else url
+    parts = _URL_PARTS.fullmatch(text)
+    if parts is None:
+        # Not URL-shaped (MLflow's "databricks", "file:./mlruns"): without a user's part or a
+        # query it holds no credentials.
+        return "<unparsable URL>" if "@" in text or "?" in text else text
+    port = f":{parts['port']}" if parts["port"] else ""
+    return f"{parts['driver']}://{parts['host']}{port}{parts['database'] or ''}"
 
 
 def create_posts_engine(url: str) -> Engine:
@@ -158,6 +173,20 @@ class SelectionRule:
     min_impressions: int = 100
     # Counts above this are treated as corrupt (no post of the agent reaches a billion views).
     max_impressions: int = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class TextLimit:
+    """The texts a task needs, and how many characters each may have."""
+
+    columns: tuple[str, ...]
+    max_chars: int
+
+
+@dataclass(frozen=True)
+class WindowCounts:
+    funnel: dict[str, int]  # the window's posts, and those the rule leaves out, by reason
+    rejected: dict[str, int]  # posts the rule takes but the selection leaves out: missing_id, too_long
 
 
 @dataclass(frozen=True)
@@ -234,24 +263,45 @@ class PostsDatabase:
             t.impressions <= rule.max_impressions,
         )
 
-    def selection_query(self, window: Window, rule: SelectionRule) -> sa.Select:
-        """Qualifying posts, most engaging first (ties by id), so the first of a group of
-        duplicates is the one to keep and the order is the same on every run."""
+    def _has_ids(self) -> sa.ColumnElement:
+        """The contract's keys are set (a team's view can still produce nulls)."""
+        return sa.and_(self.table.c.id.is_not(None), self.table.c.persona_id.is_not(None))
+
+    def _too_long(self, texts: TextLimit) -> sa.ColumnElement:
+        """A needed text is over the limit: such a post is never transferred, whatever its size."""
+
+        def over(column: sa.Column) -> sa.ColumnElement:
+            chars = sa.func.coalesce(sa.func.length(column), 0) > texts.max_chars
+            if not self.is_postgres:
+                return chars
+            # Over 4 bytes a character is over the limit for sure, and PostgreSQL knows a stored
+            # text's size without reading (detoasting) it: a pasted document is never loaded.
+            return sa.case((sa.func.octet_length(column) > 4 * texts.max_chars, sa.true()), else_=chars)
+
+        return sa.or_(*(over(self.table.c[name]) for name in texts.columns))
+
+    def selection_query(self, window: Window, rule: SelectionRule, texts: TextLimit | None = None) -> sa.Select:
+        """Qualifying posts with their ids, most engaging first (ties by id), so the first of a
+        group of duplicates is the one to keep and the order is the same on every run; given
+        ``texts``, without the posts whose needed texts are over its limit."""
         t = self.table.c
         rate = self._rate()
-        return (
+        query = (
             sa.select(t.id, t.persona_id, t.original_input, t.hook, t.body, t.created_at, t.impressions, t.engagements)
             .where(self._in_window(window), self.possible_counts(rule))
-            .where(t.impressions >= rule.min_impressions, rate >= rule.threshold)
-            .order_by(rate.desc(), t.id)
+            .where(t.impressions >= rule.min_impressions, rate >= rule.threshold, self._has_ids())
         )
+        if texts is not None:
+            query = query.where(sa.not_(self._too_long(texts)))
+        return query.order_by(rate.desc(), t.id)
 
-    def window_funnel(self, window: Window, rule: SelectionRule) -> dict[str, int]:
+    def window_funnel(self, window: Window, rule: SelectionRule, texts: TextLimit) -> WindowCounts:
         """How the window's posts divide between the selection and each reason to leave one out;
         one aggregate query, so the metadata explains the selection without reading rows."""
         t = self.table.c
         valid = self.possible_counts(rule)
         rate = self._rate()
+        qualifies = sa.and_(valid, t.impressions >= rule.min_impressions, rate >= rule.threshold)
 
         def count_if(condition: sa.ColumnElement) -> sa.ColumnElement:
             return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
@@ -266,10 +316,13 @@ class PostsDatabase:
             count_if(
                 sa.and_(valid, t.impressions >= rule.min_impressions, t.impressions > 0, rate < rule.threshold)
             ).label("below_threshold"),
+            count_if(sa.and_(qualifies, sa.not_(self._has_ids()))).label("missing_id"),
+            count_if(sa.and_(qualifies, self._has_ids(), self._too_long(texts))).label("too_long"),
         ).where(self._in_window(window))
         with self.read_only() as conn:
-            row = conn.execute(query).one()._asdict()
-        return {key: int(value) for key, value in row.items()}
+            row = {key: int(value) for key, value in conn.execute(query).one()._asdict().items()}
+        rejected = {reason: row.pop(reason) for reason in ("missing_id", "too_long")}
+        return WindowCounts(funnel=row, rejected=rejected)
 
     def count_qualifying(self, window: Window, rule: SelectionRule) -> int:
         """How many posts of the window the selection takes: the selection's own query, counted
@@ -279,12 +332,12 @@ class PostsDatabase:
             return conn.execute(sa.select(sa.func.count()).select_from(selected)).scalar_one()
 
     def stream_selection(
-        self, window: Window, rule: SelectionRule, batch_rows: int = 20_000
+        self, window: Window, rule: SelectionRule, batch_rows: int = 20_000, texts: TextLimit | None = None
     ) -> Iterator[pa.RecordBatch]:
         """The qualifying posts as Arrow record batches of ``SELECTION_SCHEMA``, in the query's
         order. PostgreSQL sends them through ADBC's driver (binary ``COPY``, decoded in C++ with
         the GIL released: no Python object per row); other databases through SQLAlchemy."""
-        query = self.selection_query(window, rule)
+        query = self.selection_query(window, rule, texts)
         if self.is_postgres:
             yield from _rebatched(self._adbc_batches(query), batch_rows)
             return
@@ -356,6 +409,7 @@ class PostsDatabase:
         since ``since`` and older than the maturity cut-off (the same rule for both arms)."""
         # Imported here: the statistics load SciPy, which the data path does not need.
         from ftp_assets.domain.ab_stats import ArmStats
+
         t = self.table.c
         model = self.model_column(task)
         possible = self.possible_counts(rule)

@@ -1,5 +1,6 @@
 """``engaged_posts`` and ``training_jsonl``: thin assets over :mod:`ftp_assets.steps.data_path`."""
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -91,6 +92,7 @@ def engaged_posts(
             f"engagement rate of {rule.threshold} with at least {rule.min_impressions} impressions "
             f"({result.funnel['in_window']} posts in the window)."
         )
+    result = replace(result, shared_folder=dataset_storage.publish(folder, result.path))
     return Output(
         result,
         metadata={
@@ -105,6 +107,7 @@ def engaged_posts(
             "rejected_total": sum(result.rejected.values()),
             "repairs": counts_table(result.repairs, ("repair", "count")),
             "path": MetadataValue.path(result.path),
+            **({"shared_folder": MetadataValue.path(result.shared_folder)} if result.shared_folder else {}),
             "preview": preview_table(
                 [{k: r[k] for k in ("id", "persona_id", "engagement_rate", "hook", "body")} for r in result.preview]
             ),
@@ -143,7 +146,12 @@ def training_jsonl(
         raise Failure(f"validation_share must be in [0, 1), got {config.validation_share}.")
     options = DatasetOptions(**config.model_dump(exclude={"threads"}))
     folder = dataset_storage.folder(context.partition_key, context.run.run_id)
-    dataset = build_training_files(engaged_posts, folder, options, threads=config.threads)
+    # A retry in another pod fetches the Parquet file that engaged_posts left in shared storage.
+    engaged = replace(engaged_posts, path=dataset_storage.local_file(engaged_posts.path, engaged_posts.shared_folder))
+    dataset = build_training_files(engaged, folder, options, threads=config.threads)
+    dataset = replace(
+        dataset, shared_folder=dataset_storage.publish(folder, dataset.training_path, dataset.validation_path)
+    )
     token_note = (
         "exact"
         if dataset.tokens_exact
@@ -166,4 +174,6 @@ def training_jsonl(
     }
     if dataset.validation_path:
         metadata["validation_path"] = MetadataValue.path(dataset.validation_path)
+    if dataset.shared_folder:
+        metadata["shared_folder"] = MetadataValue.path(dataset.shared_folder)
     return Output(dataset, metadata=metadata)

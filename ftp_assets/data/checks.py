@@ -7,7 +7,14 @@ from dagster import AssetCheckResult, AssetCheckSeverity, Config, MetadataValue,
 from ftp_assets.data.assets import training_jsonl
 from ftp_assets.domain.checks import duplicate_rate, invalid_lines
 from ftp_assets.partitions import task_partitions
+from ftp_assets.resources import DatasetStorage
 from ftp_assets.steps.data_path import TrainingDataset
+
+
+def _local_files(dataset: TrainingDataset, storage: DatasetStorage) -> list[Path]:
+    """The training and validation files, fetched from shared storage when checked in another pod."""
+    paths = [p for p in (dataset.training_path, dataset.validation_path) if p]
+    return [Path(storage.local_file(p, dataset.shared_folder)) for p in paths]
 
 
 class EnoughExamplesConfig(Config):
@@ -34,9 +41,8 @@ def enough_examples(config: EnoughExamplesConfig, training_jsonl: TrainingDatase
     partitions_def=task_partitions,
     description="Every line of both files follows OpenAI's chat fine-tuning format.",
 )
-def valid_format(training_jsonl: TrainingDataset) -> AssetCheckResult:
-    paths = [p for p in (training_jsonl.training_path, training_jsonl.validation_path) if p]
-    invalid = {Path(p).name: invalid_lines(Path(p)) for p in paths}
+def valid_format(training_jsonl: TrainingDataset, dataset_storage: DatasetStorage) -> AssetCheckResult:
+    invalid = {path.name: invalid_lines(path) for path in _local_files(training_jsonl, dataset_storage)}
     return AssetCheckResult(
         passed=not any(invalid.values()),
         severity=AssetCheckSeverity.ERROR,
@@ -54,9 +60,10 @@ class DuplicateRateConfig(Config):
     partitions_def=task_partitions,
     description="Share of examples whose assistant text repeats another's (normalized).",
 )
-def low_duplicate_rate(config: DuplicateRateConfig, training_jsonl: TrainingDataset) -> AssetCheckResult:
-    paths = [Path(p) for p in (training_jsonl.training_path, training_jsonl.validation_path) if p]
-    rate = duplicate_rate(paths)
+def low_duplicate_rate(
+    config: DuplicateRateConfig, training_jsonl: TrainingDataset, dataset_storage: DatasetStorage
+) -> AssetCheckResult:
+    rate = duplicate_rate(_local_files(training_jsonl, dataset_storage))
     return AssetCheckResult(
         passed=rate <= config.max_duplicate_rate,
         severity=AssetCheckSeverity.WARN,

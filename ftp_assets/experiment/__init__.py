@@ -7,12 +7,13 @@ from dagster import Definitions
 from ftp_assets.experiment.assets import ab_experiment, ab_test_result, registered_model
 from ftp_assets.experiment.jobs import experiment_evaluation, rollback_job
 from ftp_assets.experiment.sensors import experiment_evaluation_sensor
+from ftp_assets.settings import DeploymentSettings
 
 
-def build_defs() -> Definitions:
-    """The group's definitions; the sensor reads its interval from the environment."""
+def build_defs(settings: DeploymentSettings) -> Definitions:
+    """The group's definitions; the sensor takes the deployment's settings."""
     return Definitions(
         assets=[ab_experiment, ab_test_result, registered_model],
         jobs=[experiment_evaluation, rollback_job],
-        sensors=[experiment_evaluation_sensor()],
+        sensors=[experiment_evaluation_sensor(settings)],
     )

@@ -2,10 +2,12 @@
 ``ftp rollback`` calls the same :func:`ftp_assets.steps.experiment.rollback_champion_of` as
 ``rollback_job``."""
 
+from datetime import UTC, datetime
+
 from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job, job, op
 from pydantic import Field
 
-from ftp_assets.resources import MlflowResource
+from ftp_assets.resources import MlflowResource, PostsDatabaseResource
 from ftp_assets.steps.experiment import rollback_champion_of
 
 experiment_evaluation = define_asset_job(
@@ -19,12 +21,19 @@ class RollbackConfig(Config):
     task: str = Field(description="hook or body")
 
 
-@op(description="Move the task's champion alias back to previous-champion.")
-def rollback_champion(context: OpExecutionContext, config: RollbackConfig, mlflow: MlflowResource) -> None:
+@op(
+    description="Move the task's champion alias back to previous-champion and cancel the task's running "
+    "experiment, whose control arm was the demoted champion; returns what was done."
+)
+def rollback_champion(
+    context: OpExecutionContext, config: RollbackConfig, mlflow: MlflowResource, posts_db: PostsDatabaseResource
+) -> str:
     with mlflow.errors():
-        context.log.info(rollback_champion_of(mlflow.client(), config.task))
+        done = rollback_champion_of(mlflow.client(), posts_db.experiments(), config.task, now=datetime.now(UTC))
+    context.log.info(done)
+    return done
 
 
-@job(description="Restore the previous champion of a task in the MLflow registry.")
+@job(description="Restore the previous champion of a task in the MLflow registry and cancel its stale experiment.")
 def rollback_job():
     rollback_champion()

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dagster import RunRequest, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
+from dagster import DefaultSensorStatus, RunRequest, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
 
 from ftp_assets.adapters.experiments_store import ExperimentStore
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.domain.dataset import TASKS
 from ftp_assets.domain.instants import parse_instant
-from ftp_assets.environment import env_number
 from ftp_assets.experiment.jobs import experiment_evaluation
 from ftp_assets.resources import ExperimentSettings, PostsDatabaseResource
+from ftp_assets.settings import DeploymentSettings
 
 
 @dataclass(frozen=True)
@@ -96,13 +96,14 @@ def evaluate_experiment_tick(
     )
 
 
-def experiment_evaluation_sensor() -> SensorDefinition:
-    """The sensor over :func:`evaluate_experiment_tick`; its interval is read when the code loads."""
+def experiment_evaluation_sensor(deployment: DeploymentSettings) -> SensorDefinition:
+    """The sensor over :func:`evaluate_experiment_tick`, with the deployment's interval."""
 
     @sensor(
         name="experiment_evaluation_sensor",
         job=experiment_evaluation,
-        minimum_interval_seconds=int(env_number("FTP_EXPERIMENT_SENSOR_INTERVAL_SECONDS", 3600, int)),
+        minimum_interval_seconds=deployment.experiment_sensor_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING if deployment.automation_running else DefaultSensorStatus.STOPPED,
         description="Evaluates a task's running experiment when new matured outcome data has arrived.",
     )
     def _sensor(

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window
+from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, TextLimit, Window
 from ftp_assets.domain.clean_columns import clean_columns, clean_columns_ready, dedup_key_hashes, text_hashes
 from ftp_assets.domain.dataset import (
     SplitFile,
@@ -64,7 +64,14 @@ ENGAGED_SCHEMA = pa.schema(
     ]
 )
 TASK_FIELDS = {"hook": ("original_input", "hook"), "body": ("original_input", "hook", "body")}
-REJECTION_REASONS = ("missing_text", "too_long", "model_instructions", "duplicate_exact", "duplicate_normalized")
+REJECTION_REASONS = (
+    "missing_id",
+    "too_long",
+    "missing_text",
+    "model_instructions",
+    "duplicate_exact",
+    "duplicate_normalized",
+)
 REPAIRS = ("posts_with_pii", "emails_replaced", "phones_replaced", "unicode_repaired")
 PREVIEW_ROWS = 10
 BATCH_ROWS = 20_000
@@ -131,6 +138,8 @@ class EngagedPosts:
     rejected: dict[str, int]
     repairs: dict[str, int]
     preview: list[dict] = field(default_factory=list)
+    # Where a copy of the file is kept for steps in other pods ("" when local only).
+    shared_folder: str = ""
 
 
 def _clean_batch(batch: pa.RecordBatch, task: str, max_text_chars: int) -> tuple[pa.RecordBatch, Counter, Counter]:
@@ -213,9 +222,12 @@ def collect_engaged_posts(
     with ThreadPoolExecutor(2) as background:
         # The funnel is one aggregate over the window: the server computes it meanwhile, and the
         # cleaning's patterns are built while the server sorts the selection.
-        funnel_future = background.submit(db.window_funnel, window, rule)
+        # Posts without ids, or with a needed text over the limit, are left out by the query
+        # (a pasted document is never transferred) and counted by the funnel.
+        texts = TextLimit(TASK_FIELDS[task], max_text_chars)
+        funnel_future = background.submit(db.window_funnel, window, rule, texts)
         background.submit(clean_columns_ready)
-        batches = db.stream_selection(window, rule, batch_rows=BATCH_ROWS)
+        batches = db.stream_selection(window, rule, batch_rows=BATCH_ROWS, texts=texts)
         with (
             pq.ParquetWriter(out_path, ENGAGED_SCHEMA, use_dictionary=["persona_id"]) as parquet,
             WriterThread() as writer,
@@ -235,14 +247,15 @@ def collect_engaged_posts(
                     writer.submit(parquet.write_batch, kept)
                     rows += kept.num_rows
                     preview += kept.slice(0, PREVIEW_ROWS - len(preview)).to_pylist()
-        funnel = funnel_future.result()
+        counts = funnel_future.result()
+    rejected.update(counts.rejected)
     return EngagedPosts(
         path=str(out_path),
         task=task,
         window_start=window.start,
         window_end=window.end,
         rows=rows,
-        funnel=funnel,
+        funnel=counts.funnel,
         rejected={r: rejected[r] for r in REJECTION_REASONS},
         repairs={r: repairs[r] for r in REPAIRS},
         preview=preview,
@@ -280,6 +293,8 @@ class TrainingDataset:
     n_epochs: int
     usd_per_million_training_tokens: float
     preview: list[dict] = field(default_factory=list)
+    # Where a copy of the files is kept for steps in other pods ("" when local only).
+    shared_folder: str = ""
 
     @property
     def examples(self) -> int:

@@ -15,7 +15,15 @@ from datetime import datetime, timedelta
 from mlflow import MlflowClient
 
 from ftp_assets.adapters.experiments_store import RUNNING, ExperimentStore
-from ftp_assets.adapters.mlflow_registry import DECISION_TAG, champion, model_name, promote, reject, rollback
+from ftp_assets.adapters.mlflow_registry import (
+    DECISION_TAG,
+    champion,
+    model_name,
+    promote,
+    reject,
+    rollback,
+    rollback_plan,
+)
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.domain.ab_stats import Analysis, analyze, decide
 from ftp_assets.steps.fine_tune import FineTunedModel
@@ -207,7 +215,8 @@ def apply_decision(client: MlflowClient, store: ExperimentStore, result: AbTestR
     Applying the same decision again changes nothing. Raises :class:`ExperimentError` when the
     experiment is unknown or was closed otherwise (superseded, or decided differently), and the
     registry's :class:`~ftp_assets.adapters.mlflow_registry.RegistryError` when the version's
-    history refuses the decision.
+    history refuses the decision, or a promotion names a version that is not the challenger the
+    experiment tested (changing nothing: the experiment keeps running).
     """
     task = result.task
     experiment = store.get(result.experiment_id)
@@ -228,7 +237,8 @@ def apply_decision(client: MlflowClient, store: ExperimentStore, result: AbTestR
         tags |= {"ab_experiment_id": result.experiment_id, "ab_decided_at": result.evaluated_at.isoformat()}
         tags = {key: str(value) for key, value in tags.items() if value is not None}
         if result.decision == "promote":
-            changed = promote(client, task, result.registry_version, tags)
+            # Only the model the agent routed as the challenger may become champion.
+            changed = promote(client, task, result.registry_version, tags, tested_model=experiment.challenger_model)
             action = "promoted"
         else:
             changed = reject(client, task, result.registry_version, result.reason, tags)
@@ -251,10 +261,29 @@ def apply_decision(client: MlflowClient, store: ExperimentStore, result: AbTestR
     return registered, note
 
 
-def rollback_champion_of(client: MlflowClient, task: str) -> str:
-    """Move the task's champion back to previous-champion; says what it did."""
+def rollback_champion_of(client: MlflowClient, store: ExperimentStore, task: str, *, now: datetime) -> str:
+    """Move the task's champion back to previous-champion and cancel the task's running
+    experiment, whose control arm was the demoted champion; says what it did.
+
+    The experiment is cancelled first, in one transaction, then the aliases move. Interrupted in
+    between, no experiment runs (the agent serves the registry's champion alone) and the aliases
+    are untouched, so running the rollback again completes it. A rollback the registry refuses
+    cancels nothing.
+    """
+    restoring, demoting = rollback_plan(client, task)
+    cancelled = store.cancel_running(
+        task, reason=f"champion rolled back from version {demoting.version} to {restoring.version}", cancelled_at=now
+    )
     restored, demoted = rollback(client, task)
+    restored_model = restored.tags["provider_model_id"]
+    registry = (
+        f"{task}: champion is version {restored.version} again ({restored_model}); "
+        f"version {demoted.version} ({demoted.tags['provider_model_id']}) is tagged rolled_back."
+    )
+    if cancelled is None:
+        return f"{registry} No {task} experiment was running."
     return (
-        f"{task}: champion is version {restored.version} again "
-        f"({restored.tags.get('provider_model_id', '?')}); version {demoted.version} is tagged rolled_back."
+        f"{registry} Experiment {cancelled.experiment_id} ({cancelled.challenger_model} against "
+        f"{cancelled.champion_model}) is cancelled, its control arm no longer being the champion; "
+        f"re-materialize ab_experiment ({task}) to test {cancelled.challenger_model} against {restored_model}."
     )

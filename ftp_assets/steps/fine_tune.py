@@ -12,8 +12,10 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
 from ftp_assets.adapters.mlflow_registry import log_fine_tune_run, register_challenger
 from ftp_assets.adapters.providers.base import Auto, FineTuneRequest, FineTuneResult, FineTuningProvider
+from ftp_assets.adapters.providers.openai_provider import auto_n_epochs
 from ftp_assets.adapters.providers.runner import run_fine_tune
 from ftp_assets.steps.data_path import TrainingDataset
 
@@ -34,13 +36,16 @@ class FineTunedModel:
 
 @dataclass(frozen=True, kw_only=True)
 class FineTuneOptions:
-    """How the job is made ("auto" lets the provider choose) and the guards around it."""
+    """How the job is made ("auto" lets the provider choose) and the guards around it.
+    ``max_auto_epochs``, when set, is what the cost guard assumes for ``n_epochs="auto"`` instead
+    of the provider's rule."""
 
     base_model: str
     n_epochs: Auto | int = "auto"
     batch_size: Auto | int = "auto"
     learning_rate_multiplier: Auto | float = "auto"
     seed: int | None = None
+    max_auto_epochs: int | None = None
     budget_usd: float
     timeout_s: float
     poll_initial_s: float
@@ -49,12 +54,27 @@ class FineTuneOptions:
 
 @dataclass(frozen=True)
 class FineTuning:
-    """The registered model and what its job reported and cost."""
+    """The registered model and what its job reported, was expected to cost and cost."""
 
     model: FineTunedModel
     provider: str
     result: FineTuneResult
+    estimated_cost_usd: float
     actual_cost_usd: float
+
+
+def estimated_epochs(options: FineTuneOptions, training_examples: int) -> int:
+    """The epochs the cost guard assumes: those requested, or for "auto" the configured maximum,
+    else the epochs the provider's rule picks for this many examples."""
+    if options.n_epochs != "auto":
+        return options.n_epochs
+    return options.max_auto_epochs or auto_n_epochs(training_examples)
+
+
+def estimated_cost_usd(dataset: TrainingDataset, options: FineTuneOptions) -> float:
+    """The training file's tokens times the epochs, at the dataset's price."""
+    billed_tokens = dataset.training_tokens * estimated_epochs(options, dataset.training_examples)
+    return billed_tokens / 1e6 * dataset.usd_per_million_training_tokens
 
 
 def fine_tune(
@@ -63,6 +83,7 @@ def fine_tune(
     dataset: TrainingDataset,
     options: FineTuneOptions,
     *,
+    jobs: FineTuningJobStore,
     dagster_run_id: str,
     log: Callable[[str], None],
 ) -> FineTuning:
@@ -86,11 +107,13 @@ def fine_tune(
         seed=options.seed,
         dagster_run_id=dagster_run_id,
     )
+    estimate_usd = estimated_cost_usd(dataset, options)
     result = run_fine_tune(
         provider,
         request,
+        jobs=jobs,
         log=log,
-        estimated_cost_usd=dataset.estimated_cost_usd,
+        estimated_cost_usd=estimate_usd,
         budget_usd=options.budget_usd,
         timeout_s=options.timeout_s,
         poll_initial_s=options.poll_initial_s,
@@ -107,9 +130,11 @@ def fine_tune(
                 "provider": provider.name,
                 "base_model": options.base_model,
                 "dataset_hash": dataset.dataset_hash,
-                "n_epochs": request.n_epochs,
-                "batch_size": request.batch_size,
-                "learning_rate_multiplier": request.learning_rate_multiplier,
+                "idempotency_key": request.idempotency_key,
+                # What the job trained with ("auto" resolved by the provider), then what was asked.
+                **{name: result.hyperparameters.get(name, "unknown") for name in request.hyperparameters},
+                **{f"requested_{name}": value for name, value in request.hyperparameters.items()},
+                "estimated_n_epochs": estimated_epochs(options, dataset.training_examples),
                 "seed": request.seed,
                 "training_examples": dataset.training_examples,
                 "validation_examples": dataset.validation_examples,
@@ -122,7 +147,7 @@ def fine_tune(
             metrics={
                 "trained_tokens": result.trained_tokens or 0,
                 "cost_usd": actual_cost_usd,
-                "estimated_cost_usd": dataset.estimated_cost_usd,
+                "estimated_cost_usd": estimate_usd,
                 "duration_s": result.duration_s,
             },
             sample_path=_training_sample(dataset, Path(folder)),
@@ -147,7 +172,13 @@ def fine_tune(
         mlflow_run_id=run_id,
         registry_version=str(version.version),
     )
-    return FineTuning(model=model, provider=provider.name, result=result, actual_cost_usd=actual_cost_usd)
+    return FineTuning(
+        model=model,
+        provider=provider.name,
+        result=result,
+        estimated_cost_usd=estimate_usd,
+        actual_cost_usd=actual_cost_usd,
+    )
 
 
 def _training_sample(dataset: TrainingDataset, folder: Path) -> Path:

@@ -1,6 +1,7 @@
 """``fine_tuned_model``: one fine-tuning job per task and dataset, recorded in MLflow and registered
 as the task's challenger; a thin asset over :func:`ftp_assets.steps.fine_tune.fine_tune`."""
 
+from dataclasses import replace
 from typing import Any
 
 from dagster import AssetExecutionContext, Failure, Output, asset
@@ -11,7 +12,7 @@ from ftp_assets.adapters.providers.base import FineTuningError
 from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider
 from ftp_assets.metadata import train_loss_table
 from ftp_assets.partitions import task_partitions
-from ftp_assets.resources import FineTuningSettings, MlflowResource
+from ftp_assets.resources import DatasetStorage, FineTuningSettings, MlflowResource, PostsDatabaseResource
 from ftp_assets.steps.data_path import TrainingDataset
 from ftp_assets.steps.fine_tune import FineTunedModel, fine_tune
 
@@ -30,15 +31,26 @@ def fine_tuned_model(
     openai: OpenAIResource,
     fine_tuning: FineTuningSettings,
     mlflow: MlflowResource,
+    posts_db: PostsDatabaseResource,
+    dataset_storage: DatasetStorage,
 ) -> Output[FineTunedModel]:
     options = fine_tuning.fine_tune_options(context.partition_key)
+    # A retry in another pod fetches the files that training_jsonl left in shared storage.
+    shared = training_jsonl.shared_folder
+    dataset = replace(
+        training_jsonl,
+        training_path=dataset_storage.local_file(training_jsonl.training_path, shared),
+        validation_path=training_jsonl.validation_path
+        and dataset_storage.local_file(training_jsonl.validation_path, shared),
+    )
     with openai.get_client(context) as client, mlflow.errors():
         try:
             trained = fine_tune(
                 OpenAIFineTuningProvider(client),
                 mlflow.client(),
-                training_jsonl,
+                dataset,
                 options,
+                jobs=posts_db.fine_tuning_jobs(),
                 dagster_run_id=context.run.run_id,
                 log=context.log.info,
             )
@@ -52,7 +64,7 @@ def fine_tuned_model(
         "model_id": model.model_id,
         "training_file_id": model.training_file_id,
         "trained_tokens": result.trained_tokens or 0,
-        "estimated_cost_usd": round(training_jsonl.estimated_cost_usd, 4),
+        "estimated_cost_usd": round(trained.estimated_cost_usd, 4),
         "actual_cost_usd": round(trained.actual_cost_usd, 4),
         "duration_s": round(result.duration_s, 1),
         "final_train_loss": result.final_train_loss,

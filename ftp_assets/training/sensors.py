@@ -26,6 +26,7 @@ from dagster import (
     AssetRecordsFilter,
     DagsterInstance,
     DagsterRunStatus,
+    DefaultSensorStatus,
     EventLogRecord,
     RunRequest,
     RunsFilter,
@@ -38,8 +39,8 @@ from dagster import (
 from ftp_assets.adapters.posts_db import DEFAULT_WINDOW_DAYS, PostsDatabase, SelectionRule, Window
 from ftp_assets.domain.dataset import TASKS
 from ftp_assets.domain.instants import parse_instant
-from ftp_assets.environment import env_number
 from ftp_assets.resources import ExperimentSettings, PostsDatabaseResource
+from ftp_assets.settings import DeploymentSettings
 from ftp_assets.training.jobs import training_cycle, training_run_request
 
 PARTITION_TAG = "dagster/partition"  # Dagster's tag on every run of a partition
@@ -119,10 +120,10 @@ class DataThresholdSettings:
     lookback: timedelta = timedelta(days=DEFAULT_WINDOW_DAYS)
 
     @classmethod
-    def from_env(cls) -> DataThresholdSettings:
+    def of(cls, settings: DeploymentSettings) -> DataThresholdSettings:
         return cls(
-            threshold=int(env_number("FTP_TRAINING_NEW_POSTS_THRESHOLD", 100, int)),
-            min_interval=timedelta(hours=env_number("FTP_MIN_TRAINING_INTERVAL_HOURS", 24)),
+            threshold=settings.training_new_posts_threshold,
+            min_interval=timedelta(hours=settings.min_training_interval_hours),
         )
 
 
@@ -179,14 +180,15 @@ def evaluate_data_threshold(
     return DataThresholdTick(replace(count, requested=True), request, None)
 
 
-def data_threshold_sensor(task: str) -> SensorDefinition:
-    """The task's data-threshold sensor; its settings are read when the code loads."""
-    settings = DataThresholdSettings.from_env()
+def data_threshold_sensor(task: str, deployment: DeploymentSettings) -> SensorDefinition:
+    """The task's data-threshold sensor, with the deployment's settings."""
+    settings = DataThresholdSettings.of(deployment)
 
     @sensor(
         name=f"{task}_data_threshold_sensor",
         job=training_cycle,
-        minimum_interval_seconds=int(env_number("FTP_TRAINING_SENSOR_INTERVAL_SECONDS", 300, int)),
+        minimum_interval_seconds=deployment.training_sensor_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING if deployment.automation_running else DefaultSensorStatus.STOPPED,
         description=f"Trains the {task} model early once {settings.threshold} qualifying posts have "
         "matured since its last successful training.",
     )
@@ -211,5 +213,5 @@ def data_threshold_sensor(task: str) -> SensorDefinition:
     return _sensor
 
 
-def data_threshold_sensors() -> list[SensorDefinition]:
-    return [data_threshold_sensor(task) for task in TASKS]
+def data_threshold_sensors(deployment: DeploymentSettings) -> list[SensorDefinition]:
+    return [data_threshold_sensor(task, deployment) for task in TASKS]

@@ -1,15 +1,18 @@
 """The fine-tuning provider interface: what the assets need from any trainer.
 
 OpenAI stops accepting new self-serve fine-tuning jobs after 2027-01-06, so the training step
-talks to this small interface (submit, status, new events, result, cancel) and nothing else.
+talks to this small interface (find, upload files, create, status, new events, result, cancel)
+and nothing else.
 Another OpenAI-compatible API (by ``base_url``) or a self-hosted trainer replaces OpenAI by
 implementing it; the assets and :func:`ftp_assets.adapters.providers.runner.run_fine_tune` stay as they are.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -24,7 +27,8 @@ TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 @dataclass(frozen=True, kw_only=True)
 class FineTuneRequest:
-    """One fine-tuning job to run. (``dataset_hash``, ``task``) is its idempotency key."""
+    """One fine-tuning job to run. Everything that changes the model (dataset, task, base model,
+    hyperparameters, seed) makes up its :attr:`idempotency_key`."""
 
     task: str
     dataset_hash: str
@@ -44,6 +48,33 @@ class FineTuneRequest:
         if not self.task or not self.dataset_hash:
             raise ValueError("FineTuneRequest needs a non-empty task and dataset_hash")
 
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The requested hyperparameters, "auto" where the provider chooses."""
+        return {
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": (
+                self.learning_rate_multiplier
+                if self.learning_rate_multiplier == "auto"
+                else float(self.learning_rate_multiplier)
+            ),
+        }
+
+    @property
+    def idempotency_key(self) -> str:
+        """SHA-256 (hex, 64 characters) of the canonical JSON of what changes the model: a job
+        with the same key is the same model, so a retry re-attaches to it instead of paying again."""
+        fields = {
+            "dataset_hash": self.dataset_hash,
+            "task": self.task,
+            "base_model": self.base_model,
+            "seed": self.seed,
+            **self.hyperparameters,
+        }
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 @dataclass(frozen=True, kw_only=True)
 class FineTuneJob:
@@ -59,6 +90,8 @@ class FineTuneJob:
     error_message: str | None
     created_at: datetime
     finished_at: datetime | None
+    # As the provider reports them: numbers once it has resolved "auto" (OpenAI does on validation).
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -67,7 +100,7 @@ class FineTuneJob:
 
 @dataclass(frozen=True, kw_only=True)
 class Submission:
-    """What :meth:`FineTuningProvider.submit` did: created a job, or re-attached to one."""
+    """What submitting a request did: created a job, or re-attached to one."""
 
     job: FineTuneJob
     reattached: bool
@@ -99,6 +132,8 @@ class FineTuneResult:
     final_train_loss: float | None
     final_valid_loss: float | None
     duration_s: float
+    # The hyperparameters the job trained with, as the provider reports them.
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 class FineTuningProvider(Protocol):
@@ -107,9 +142,17 @@ class FineTuningProvider(Protocol):
 
     name: str
 
-    def submit(self, request: FineTuneRequest) -> Submission:
-        """Start the job for ``request``, or re-attach to a live or succeeded job with the same
-        (dataset hash, task), so that a retried or resumed run never pays twice."""
+    def find(self, request: FineTuneRequest) -> FineTuneJob | None:
+        """The succeeded job with the request's idempotency key, else the newest live one, as far
+        as the provider can tell (one that drops job metadata finds none)."""
+        ...
+
+    def upload_files(self, request: FineTuneRequest) -> tuple[str, str | None]:
+        """Upload the training and validation files; their provider ids."""
+        ...
+
+    def create(self, request: FineTuneRequest, training_file_id: str, validation_file_id: str | None) -> FineTuneJob:
+        """Create the paid job, once: never retried here, as a retry could pay for a second job."""
         ...
 
     def status(self, job_id: str) -> FineTuneJob: ...
@@ -168,10 +211,31 @@ class FineTuningTimeout(FineTuningError):
         super().__init__(message)
 
 
+class FineTuningNeedsAttention(FineTuningError):
+    """A job may have been created without its id being recorded, and the provider cannot find it
+    by its key: creating another could pay twice, so a person decides."""
+
+    def __init__(
+        self, *, key: str, task: str, provider: str, intended_at: datetime, dagster_run_id: str | None
+    ) -> None:
+        self.key = key
+        # S608: SQL for a person to read and run, not a query this code sends.
+        super().__init__(
+            f"A {provider} fine-tuning job for task {task} may have been created at {intended_at:%Y-%m-%d %H:%M:%S} "  # noqa: S608
+            f"UTC (Dagster run {dagster_run_id or 'unknown'}) without its id being recorded, and the provider "
+            "lists none with its key: check the provider's jobs created then, and either record the one you find "
+            f"(UPDATE ftp_fine_tuning_jobs SET job_id = '<job id>', status = 'created' WHERE key = '{key}') or "
+            f"clear the intent (DELETE FROM ftp_fine_tuning_jobs WHERE key = '{key}') before running again."
+        )
+
+
 class ProviderUnavailable(FineTuningError):
     """A transient provider error (rate limit, server error, connection) that outlived the
-    client's own retries. Waiting and asking again is the remedy."""
+    client's own retries. Waiting and asking again is the remedy. ``not_applied`` is True when
+    the provider surely did nothing (a rate limit); a server error or a lost answer may hide a
+    request that took effect."""
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None, not_applied: bool = False) -> None:
         self.retry_after_s = retry_after_s
+        self.not_applied = not_applied
         super().__init__(message)

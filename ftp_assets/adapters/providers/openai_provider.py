@@ -1,14 +1,15 @@
 """Fine-tuning through the official ``openai`` client: OpenAI itself or any API that speaks its
 fine-tuning routes (``base_url``), such as the project's local service.
 
-Idempotency: every job carries (dataset hash, task) in its ``metadata``. Before anything is
-uploaded or created the provider looks those jobs up and re-attaches to a live or succeeded one,
-and the create call is never retried blindly: after an error it looks again before trying again.
+Idempotency: every job carries the request's idempotency key in its ``metadata``, so
+:meth:`OpenAIFineTuningProvider.find` can look it up; the create call is made once, without the
+client's retries. The runner decides when to look, create or re-attach, with the durable job
+record (:mod:`ftp_assets.adapters.fine_tuning_jobs`) for providers that drop metadata.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Iterator, Set
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from ftp_assets.adapters.providers.base import (
     SUCCEEDED,
     TERMINAL_STATUSES,
+    Auto,
     FineTuneJob,
     FineTuneRequest,
     FineTuneResult,
@@ -28,17 +30,31 @@ from ftp_assets.adapters.providers.base import (
     JobEvent,
     ProviderUnavailable,
     StepMetrics,
-    Submission,
 )
 
+# Job metadata (OpenAI allows 16 pairs, keys of 64 and values of 512 characters).
+IDEMPOTENCY_KEY = "ftp_key"
 DATASET_HASH_KEY = "ftp_dataset_hash"
 TASK_KEY = "ftp_task"
 DAGSTER_RUN_ID_KEY = "dagster_run_id"
-
-# Each attempt is preceded by a look-up, so this bounds how long a flaky create is pursued,
-# not how many jobs can be paid for.
-CREATE_ATTEMPTS = 3
 PAGE_SIZE = 100
+HYPERPARAMETER_NAMES = ("n_epochs", "batch_size", "learning_rate_multiplier")
+# OpenAI's cookbook rule for n_epochs="auto": 3 epochs, more (up to 25) so that at least 100
+# examples are seen, fewer so that at most 25,000 are.
+TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MAX_DEFAULT_EPOCHS = 3, 100, 25_000, 25
+
+
+def auto_n_epochs(n_examples: int) -> int:
+    """The epochs OpenAI picks for "auto" on a training file of ``n_examples`` examples."""
+    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_DEFAULT_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / max(n_examples, 1)))
+    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(1, MAX_TARGET_EXAMPLES // n_examples)
+    return TARGET_EPOCHS
+
+
+def resolved_n_epochs(requested: Auto | int, n_examples: int) -> int:
+    return auto_n_epochs(n_examples) if requested == "auto" else requested
 
 
 class OpenAIFineTuningProvider:
@@ -50,23 +66,55 @@ class OpenAIFineTuningProvider:
         # paid job when the first response was merely lost.
         self._create_client = client.with_options(max_retries=0)
 
-    def submit(self, request: FineTuneRequest) -> Submission:
-        existing = self._find_reusable_job(request)
-        if existing is not None:
-            return Submission(job=existing, reattached=True)
+    def find(self, request: FineTuneRequest) -> FineTuneJob | None:
+        """The succeeded job for this key if any, else the newest live one; failed and cancelled
+        jobs are not reusable."""
+        key = {IDEMPOTENCY_KEY: request.idempotency_key}
+        live: FineTuneJob | None = None
+        with self._provider_errors():
+            for found in self._client.fine_tuning.jobs.list(metadata=key, limit=PAGE_SIZE):
+                # Checked here too, so a provider that ignores the filter cannot hand us a stranger's job.
+                if (found.metadata or {}).get(IDEMPOTENCY_KEY) != request.idempotency_key:
+                    continue
+                if found.status == SUCCEEDED:
+                    return _job(found)
+                if found.status not in TERMINAL_STATUSES and live is None:
+                    live = _job(found)
+        return live
+
+    def upload_files(self, request: FineTuneRequest) -> tuple[str, str | None]:
         training_file_id = self._upload(request.training_file)
         validation_file_id = self._upload(request.validation_file) if request.validation_file else None
-        for attempt in range(1, CREATE_ATTEMPTS):
-            try:
-                return Submission(job=self._create(request, training_file_id, validation_file_id), reattached=False)
-            except ProviderUnavailable as error:
-                time.sleep(error.retry_after_s or attempt)
-                # The failed create may still have reached the provider.
-                existing = self._find_reusable_job(request)
-                if existing is not None:
-                    return Submission(job=existing, reattached=True)
-        # The last attempt's error, if any, reaches the caller.
-        return Submission(job=self._create(request, training_file_id, validation_file_id), reattached=False)
+        return training_file_id, validation_file_id
+
+    def create(self, request: FineTuneRequest, training_file_id: str, validation_file_id: str | None) -> FineTuneJob:
+        metadata = {
+            IDEMPOTENCY_KEY: request.idempotency_key,
+            DATASET_HASH_KEY: request.dataset_hash,
+            TASK_KEY: request.task,
+        }
+        if request.dagster_run_id:
+            metadata[DAGSTER_RUN_ID_KEY] = request.dagster_run_id
+        with self._provider_errors():
+            created = self._create_client.fine_tuning.jobs.create(
+                model=request.base_model,
+                training_file=training_file_id,
+                method={
+                    "type": "supervised",
+                    "supervised": {
+                        "hyperparameters": {
+                            "n_epochs": request.n_epochs,
+                            "batch_size": request.batch_size,
+                            "learning_rate_multiplier": request.learning_rate_multiplier,
+                        }
+                    },
+                },
+                suffix=request.suffix,
+                metadata=metadata,
+                validation_file=openai.omit if validation_file_id is None else validation_file_id,
+                seed=openai.omit if request.seed is None else request.seed,
+            )
+        return _job(created)
 
     def status(self, job_id: str) -> FineTuneJob:
         with self._provider_errors(job_id):
@@ -111,59 +159,16 @@ class OpenAIFineTuningProvider:
             final_train_loss=_last_value(metrics_data, "train_loss"),
             final_valid_loss=final_valid_loss,
             duration_s=(job.finished_at - job.created_at).total_seconds(),
+            hyperparameters=job.hyperparameters,
         )
 
     def cancel(self, job_id: str) -> FineTuneJob:
         with self._provider_errors(job_id):
             return _job(self._client.fine_tuning.jobs.cancel(job_id))
 
-    def _find_reusable_job(self, request: FineTuneRequest) -> FineTuneJob | None:
-        """The succeeded job for this key if any, else the newest live one; failed and cancelled
-        jobs are not reusable."""
-        key = _idempotency_key(request)
-        live: FineTuneJob | None = None
-        with self._provider_errors():
-            for found in self._client.fine_tuning.jobs.list(metadata=key, limit=PAGE_SIZE):
-                # Checked here too, so a provider that ignores the filter cannot hand us a stranger's job.
-                if any((found.metadata or {}).get(k) != v for k, v in key.items()):
-                    continue
-                # The same dataset on another base model is another model, not a retry.
-                if found.model != request.base_model:
-                    continue
-                if found.status == SUCCEEDED:
-                    return _job(found)
-                if found.status not in TERMINAL_STATUSES and live is None:
-                    live = _job(found)
-        return live
-
     def _upload(self, path: Path) -> str:
         with self._provider_errors(), path.open("rb") as content:
             return self._client.files.create(file=(path.name, content), purpose="fine-tune").id
-
-    def _create(self, request: FineTuneRequest, training_file_id: str, validation_file_id: str | None) -> FineTuneJob:
-        metadata = _idempotency_key(request)
-        if request.dagster_run_id:
-            metadata[DAGSTER_RUN_ID_KEY] = request.dagster_run_id
-        with self._provider_errors():
-            created = self._create_client.fine_tuning.jobs.create(
-                model=request.base_model,
-                training_file=training_file_id,
-                method={
-                    "type": "supervised",
-                    "supervised": {
-                        "hyperparameters": {
-                            "n_epochs": request.n_epochs,
-                            "batch_size": request.batch_size,
-                            "learning_rate_multiplier": request.learning_rate_multiplier,
-                        }
-                    },
-                },
-                suffix=request.suffix,
-                metadata=metadata,
-                validation_file=openai.omit if validation_file_id is None else validation_file_id,
-                seed=openai.omit if request.seed is None else request.seed,
-            )
-        return _job(created)
 
     def _checkpoint_metrics(self, job_id: str) -> list[dict]:
         with self._provider_errors(job_id):
@@ -187,6 +192,7 @@ class OpenAIFineTuningProvider:
             raise ProviderUnavailable(
                 f"provider answered HTTP {error.status_code} [{code}] {message}",
                 retry_after_s=_retry_after_s(error),
+                not_applied=isinstance(error, openai.RateLimitError),
             ) from None
         except openai.APIConnectionError as error:
             raise ProviderUnavailable(f"cannot reach the provider: {error.message}") from None
@@ -205,17 +211,16 @@ class OpenAIFineTuningProvider:
         return text.replace(api_key, "[redacted]") if api_key else text
 
 
-def _idempotency_key(request: FineTuneRequest) -> dict[str, str]:
-    return {DATASET_HASH_KEY: request.dataset_hash, TASK_KEY: request.task}
-
-
 def _retry_after_s(error: openai.APIStatusError) -> float | None:
+    """The wait the provider asks for, never negative; the runner bounds it by its deadline."""
     headers = error.response.headers
     for header, seconds_per_unit in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         try:
-            return float(headers[header]) * seconds_per_unit
+            seconds = float(headers[header]) * seconds_per_unit
         except (KeyError, ValueError):
             continue
+        if math.isfinite(seconds):
+            return max(seconds, 0.0)
     return None
 
 
@@ -235,7 +240,16 @@ def _job(job: FineTuningJob) -> FineTuneJob:
         error_message=job.error.message if job.error else None,
         created_at=_utc(job.created_at),
         finished_at=None if job.finished_at is None else _utc(job.finished_at),
+        hyperparameters=_hyperparameters(job),
     )
+
+
+def _hyperparameters(job: FineTuningJob) -> dict[str, Any]:
+    """The job's hyperparameters as reported: under ``method`` now, at the top level before."""
+    method = job.method.supervised if job.method and job.method.supervised else None
+    reported = method.hyperparameters if method and method.hyperparameters else job.hyperparameters
+    values = reported.model_dump() if reported is not None else {}
+    return {name: values[name] for name in HYPERPARAMETER_NAMES if values.get(name) is not None}
 
 
 def _event(event: FineTuningJobEvent) -> JobEvent:

@@ -1,0 +1,127 @@
+"""The deployment profile: every ``FTP_*`` setting, read once when the definitions are built.
+
+``FTP_DEPLOYMENT=local`` (the default) keeps the embedded defaults: the local OpenAI-compatible
+service, a SQLite posts database and MLflow store under ``FTP_HOME``. ``FTP_DEPLOYMENT=production``
+has no fallback: each external system must be configured, or the code location does not load.
+Secrets (the OpenAI key, the posts database's and MLflow's URLs) are only checked for presence
+here; the resources read them as Dagster ``EnvVar``s when a run starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ftp_assets.home import ftp_home
+
+# Read by the resources as EnvVars, never by this object: they may hold credentials.
+SECRET_VARIABLES = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI")
+PRODUCTION_REQUIRED = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI", "FTP_STORAGE_URL")
+
+# The settings whose values must be positive numbers, with the type each takes.
+POSITIVE_NUMBERS: dict[str, type[int] | type[float]] = {
+    "training_new_posts_threshold": int,
+    "min_training_interval_hours": float,
+    "training_sensor_interval_seconds": int,
+    "experiment_sensor_interval_seconds": int,
+}
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a deployment that can load; one sentence."""
+
+
+def _secret_variables_set() -> frozenset[str]:
+    return frozenset(name for name in SECRET_VARIABLES if os.environ.get(name))
+
+
+class DeploymentSettings(BaseSettings):
+    """The ``FTP_*`` variables (and ``OPENAI_BASE_URL``); empty means unset."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FTP_", env_ignore_empty=True, str_strip_whitespace=True, frozen=True, extra="ignore"
+    )
+
+    deployment: Literal["local", "production"] = "local"
+    # Whether the schedule and sensors start running in production (local keeps them stopped).
+    automation: Literal["on", "off"] = "on"
+    home: str = ""
+    posts_table: str = "posts"
+    datasets_dir: str = ""
+    # Shared storage of asset values and datasets (s3://bucket/prefix, gs://..., file:///mnt/...).
+    storage_url: str = ""
+    openai_base_url: str = Field(default="", validation_alias="OPENAI_BASE_URL")
+    training_cron: str = "0 2 * * 0"
+    training_timezone: str = "UTC"
+    training_new_posts_threshold: int = 100
+    min_training_interval_hours: float = 24.0
+    training_sensor_interval_seconds: int = 300
+    experiment_sensor_interval_seconds: int = 3600
+    # Which secret variables are set (names only, never values), taken when the settings are read.
+    _secrets_set: frozenset[str] = PrivateAttr(default_factory=_secret_variables_set)
+
+    @field_validator(*POSITIVE_NUMBERS, mode="before")
+    @classmethod
+    def _positive(cls, raw: Any, info: Any) -> Any:
+        kind = POSITIVE_NUMBERS[info.field_name]
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            value = 0
+        if value <= 0:
+            raise ValueError(f"FTP_{info.field_name.upper()} must be a positive {kind.__name__}, got {raw!r}.")
+        return value
+
+    @classmethod
+    def from_environment(cls, *, require_complete: bool = True) -> DeploymentSettings:
+        """The settings of this process's environment; a :class:`SettingsError` of one sentence
+        when a value is invalid or (``require_complete``) production lacks a required variable."""
+        try:
+            settings = cls()
+        except ValidationError as error:
+            raise SettingsError(" ".join(_message(problem) for problem in error.errors())) from None
+        missing = settings.missing_for_production() if require_complete else []
+        if missing:
+            raise SettingsError(f"FTP_DEPLOYMENT=production has no embedded defaults: set {', '.join(missing)}.")
+        return settings
+
+    @property
+    def production(self) -> bool:
+        return self.deployment == "production"
+
+    @property
+    def automation_running(self) -> bool:
+        """Whether the schedule and sensors start running when the code location loads."""
+        return self.production and self.automation == "on"
+
+    def has(self, secret: str) -> bool:
+        return secret in self._secrets_set
+
+    def secret_value(self, secret: str) -> str:
+        """The secret's value, read at the moment of use (for the ``ftp`` command, outside Dagster)."""
+        return os.environ.get(secret, "") if self.has(secret) else ""
+
+    def missing_for_production(self) -> list[str]:
+        if not self.production:
+            return []
+        configured = set(self._secrets_set) | ({"FTP_STORAGE_URL"} if self.storage_url else set())
+        return [name for name in PRODUCTION_REQUIRED if name not in configured]
+
+    def home_path(self, *parts: str) -> Path:
+        """A folder under FTP_HOME, created if missing."""
+        path = ftp_home(self.home).joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _message(problem: Any) -> str:
+    """Our own messages as written; pydantic's prefixed with the variable."""
+    error = problem.get("ctx", {}).get("error")
+    if isinstance(error, ValueError):
+        return str(error)
+    name = "FTP_" + "_".join(str(part) for part in problem["loc"]).upper()
+    return f"{name}: {problem['msg']} (got {problem.get('input')!r})."

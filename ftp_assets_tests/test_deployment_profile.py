@@ -1,0 +1,141 @@
+"""The deployment profile: the code location loads, in a process of its own as Dagster loads it,
+with today's embedded defaults locally, and in production only when every external system is
+configured, failing with one sentence that names what is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ftp_assets.settings import DeploymentSettings, SettingsError
+
+# Loads the code location as Dagster does (the decorated loader) and prints what a test checks.
+LOAD = """
+import json
+from ftp_assets.definitions import load_definitions
+defs = load_definitions()
+repository = defs.get_repository_def()
+openai = defs.resources["openai"]
+print(json.dumps({
+    "schedules": {s.name: s.default_status.value for s in repository.schedule_defs},
+    "sensors": {s.name: s.default_status.value for s in repository.sensor_defs},
+    "openai_base_url": openai.base_url.get_value() if hasattr(openai.base_url, "get_value") else openai.base_url,
+    "openai_key_from_env": getattr(openai.api_key, "env_var_name", None),
+    "io_manager": type(defs.resources.get("io_manager")).__name__,
+    "posts_table": defs.resources["posts_db"].table,
+}))
+"""
+
+SECRET_KEY = "sk-test-secret-value"
+PRODUCTION = {
+    "FTP_DEPLOYMENT": "production",
+    "OPENAI_API_KEY": SECRET_KEY,
+    "OPENAI_BASE_URL": "https://llm.example.test/v1",
+    "FTP_POSTS_DB_URL": "postgresql+psycopg://agent:secret-password@db.example.test/agent",
+    "MLFLOW_TRACKING_URI": "http://mlflow.example.test",
+    "FTP_STORAGE_URL": "s3://ftp-bucket/ftp",
+}
+CONFIG_VARIABLES = ("FTP_", "OPENAI_", "MLFLOW_")
+
+
+def load(**variables: str) -> subprocess.CompletedProcess:
+    """The code location loaded in a fresh process, with the test's FTP_HOME/DAGSTER_HOME and
+    ``variables`` as the only configuration."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(CONFIG_VARIABLES)}
+    env.update(FTP_HOME=os.environ["FTP_HOME"], **variables)
+    return subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=120)
+
+
+def loaded(**variables: str) -> dict:
+    process = load(**variables)
+    assert process.returncode == 0, process.stderr
+    return json.loads(process.stdout.splitlines()[-1])
+
+
+def last_line(process: subprocess.CompletedProcess) -> str:
+    return process.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("missing", ["OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI", "FTP_STORAGE_URL"])
+def test_production_without_a_required_variable_does_not_load(missing):
+    process = load(**{name: value for name, value in PRODUCTION.items() if name != missing})
+    assert process.returncode != 0
+    assert last_line(process).endswith(
+        f"SettingsError: FTP_DEPLOYMENT=production has no embedded defaults: set {missing}."
+    )
+    # Neither the key nor a password reaches the error.
+    assert SECRET_KEY not in process.stderr and "secret-password" not in process.stderr
+
+
+def test_production_names_every_missing_variable_in_one_sentence(monkeypatch):
+    for name in PRODUCTION:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FTP_DEPLOYMENT", "production")
+    with pytest.raises(SettingsError) as error:
+        DeploymentSettings.from_environment()
+    assert str(error.value) == (
+        "FTP_DEPLOYMENT=production has no embedded defaults: "
+        "set OPENAI_API_KEY, FTP_POSTS_DB_URL, MLFLOW_TRACKING_URI, FTP_STORAGE_URL."
+    )
+
+
+def test_production_loads_with_automation_running_and_the_configured_provider():
+    location = loaded(**PRODUCTION)
+    assert set(location["schedules"].values()) == {"RUNNING"}
+    assert location["sensors"] == {
+        "hook_data_threshold_sensor": "RUNNING",
+        "body_data_threshold_sensor": "RUNNING",
+        "experiment_evaluation_sensor": "RUNNING",
+    }
+    assert location["openai_base_url"] == "https://llm.example.test/v1"
+    assert location["openai_key_from_env"] == "OPENAI_API_KEY"  # an EnvVar, resolved by each run
+    assert location["io_manager"] == "FilesystemIOManager"
+
+
+def test_automation_off_keeps_production_schedules_and_sensors_stopped():
+    location = loaded(**PRODUCTION, FTP_AUTOMATION="off")
+    assert set(location["schedules"].values()) == set(location["sensors"].values()) == {"STOPPED"}
+
+
+def test_local_default_keeps_the_embedded_defaults():
+    location = loaded()
+    assert set(location["schedules"].values()) == set(location["sensors"].values()) == {"STOPPED"}
+    assert location["openai_base_url"] == "http://127.0.0.1:8765/v1"
+    assert location["openai_key_from_env"] is None
+    assert location["io_manager"] == "NoneType"  # Dagster's default, under DAGSTER_HOME
+    assert location["posts_table"] == "posts"
+
+
+@pytest.mark.parametrize(
+    ("variables", "sentence"),
+    [
+        ({"FTP_DEPLOYMENT": "staging"}, "FTP_DEPLOYMENT: Input should be 'local' or 'production' (got 'staging')."),
+        (
+            {"FTP_TRAINING_SENSOR_INTERVAL_SECONDS": "0"},
+            "FTP_TRAINING_SENSOR_INTERVAL_SECONDS must be a positive int, got '0'.",
+        ),
+        (
+            {"FTP_MIN_TRAINING_INTERVAL_HOURS": "soon"},
+            "FTP_MIN_TRAINING_INTERVAL_HOURS must be a positive float, got 'soon'.",
+        ),
+    ],
+)
+def test_an_invalid_value_is_one_sentence(monkeypatch, variables, sentence):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as error:
+        DeploymentSettings.from_environment()
+    assert str(error.value) == sentence
+
+
+def test_settings_hold_no_secret_value(monkeypatch):
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    settings = DeploymentSettings.from_environment()
+    assert settings.has("OPENAI_API_KEY") and settings.storage_url == "s3://ftp-bucket/ftp"
+    shown = repr(settings) + str(settings.model_dump())
+    assert SECRET_KEY not in shown and "secret-password" not in shown and "mlflow.example.test" not in shown
