@@ -273,3 +273,30 @@ def test_promotion_refuses_a_version_the_challenger_alias_has_left(mlflow_client
     assert "decision" not in mlflow_client.get_model_version(model_name("hook"), one.registry_version).tags
     experiment = store.get(experiment_id)
     assert experiment is not None and experiment.status == "running"
+
+
+def test_rejection_refuses_a_registry_version_of_another_model(mlflow_client, store):
+    one = challenger(mlflow_client, "ft:one")
+    experiment_id = start(mlflow_client, store, one).experiment_id
+    assert experiment_id is not None
+    # A newer challenger, not yet under test; the experiment row is edited to name its version.
+    newer = challenger(mlflow_client, "ft:newer")
+    with store.engine.begin() as conn:
+        conn.execute(
+            experiments.update()
+            .where(experiments.c.experiment_id == experiment_id)
+            .values(registry_version=newer.registry_version)
+        )
+    before = aliases(mlflow_client)
+
+    with pytest.raises(
+        RegistryError,
+        match=f"^Refusing to reject {model_name('hook')} version {newer.registry_version}: it holds "
+        "ft:newer, not ft:one, the challenger the experiment tested.$",
+    ):
+        apply_decision(mlflow_client, store, final_result(store, experiment_id, "reject", "it loses"))
+
+    assert aliases(mlflow_client) == before == {"challenger": newer.registry_version}
+    assert "decision" not in mlflow_client.get_model_version(model_name("hook"), newer.registry_version).tags
+    experiment = store.get(experiment_id)
+    assert experiment is not None and experiment.status == "running"

@@ -225,13 +225,23 @@ def reject(
     version: str | int,
     reason: str,
     decision_tags: Mapping[str, Any],
+    *,
+    tested_model: str | None = None,
 ) -> bool:
     """Take the version out of test: remove ``challenger`` from it, tag ``decision=rejected`` and
-    the reason. Returns False when it was already rejected with these tags."""
+    the reason. Returns False when it was already rejected with these tags. With ``tested_model``
+    (the experiment's challenger model id), a version of another model is refused before any
+    write: an edited or stale experiment row must not retire a model nobody tested."""
     name = model_name(task)
     version = str(version)
     _refuse_secrets(decision_tags)
     target = client.get_model_version(name, version)
+    provider_model_id = target.tags.get("provider_model_id")
+    if tested_model is not None and provider_model_id != tested_model:
+        raise RegistryError(
+            f"Refusing to reject {name} version {version}: it holds {provider_model_id or 'no provider model'}, "
+            f"not {tested_model}, the challenger the experiment tested."
+        )
     aliases = _aliases(client, name)
     if aliases.get(CHAMPION) == version or target.tags.get(DECISION_TAG) == "promoted":
         raise RegistryError(

@@ -241,7 +241,9 @@ def apply_decision(client: MlflowClient, store: ExperimentStore, result: AbTestR
             changed = promote(client, task, result.registry_version, tags, tested_model=experiment.challenger_model)
             action = "promoted"
         else:
-            changed = reject(client, task, result.registry_version, result.reason, tags)
+            changed = reject(
+                client, task, result.registry_version, result.reason, tags, tested_model=result.challenger_model
+            )
             action = "rejected"
         store.finish(
             result.experiment_id,
