@@ -10,13 +10,10 @@ here; the resources read them as Dagster ``EnvVar``s when a run starts.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from ftp_assets.home import ftp_home
 
 # Read by the resources as EnvVars, never by this object: they may hold credentials.
 SECRET_VARIABLES = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI")
@@ -110,12 +107,6 @@ class DeploymentSettings(BaseSettings):
             return []
         configured = set(self._secrets_set) | ({"FTP_STORAGE_URL"} if self.storage_url else set())
         return [name for name in PRODUCTION_REQUIRED if name not in configured]
-
-    def home_path(self, *parts: str) -> Path:
-        """A folder under FTP_HOME, created if missing."""
-        path = ftp_home(self.home).joinpath(*parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
 
 def _message(problem: Any) -> str:

@@ -25,7 +25,8 @@ from ftp_assets.adapters.mlflow_registry import (
 )
 from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window
 from ftp_assets.adapters.providers.base import BudgetExceeded
-from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider, auto_n_epochs
+from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider
+from ftp_assets.domain.chat_format import auto_n_epochs
 from ftp_assets.steps.data_path import DatasetOptions, TrainingDataset, build_training_files, collect_engaged_posts
 from ftp_assets.steps.experiment import (
     AbTestResult,

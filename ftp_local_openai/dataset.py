@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import math
 
-from ftp_assets.domain.chat_format import line_error
+from ftp_assets.domain.chat_format import auto_n_epochs, line_error
 
 from .ngram import split_words
 from .tokens import count_message_tokens
 
 MIN_TRAINING_EXAMPLES = 10
-# OpenAI's cookbook: aim for 3 epochs, but at least 100 and at most 25,000 examples seen in all.
-TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MAX_DEFAULT_EPOCHS = 3, 100, 25_000, 25
 # Our own choice for "auto" (OpenAI does not publish its rule): about this many steps an epoch,
 # so a job's length does not grow with its data.
 STEPS_PER_EPOCH = 25
@@ -86,11 +84,7 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> dict:
     """Numbers for every "auto" (or missing) hyperparameter, given the training set's size."""
     n_epochs = requested.get("n_epochs", "auto")
     if n_epochs == "auto":
-        n_epochs = TARGET_EPOCHS
-        if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
-            n_epochs = min(MAX_DEFAULT_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n_examples))
-        elif n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
-            n_epochs = max(1, MAX_TARGET_EXAMPLES // n_examples)
+        n_epochs = auto_n_epochs(n_examples)
     batch_size = requested.get("batch_size", "auto")
     if batch_size == "auto":
         batch_size = math.ceil(n_examples / STEPS_PER_EPOCH)

@@ -11,6 +11,7 @@ builder writes is a file the service accepts.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 ALLOWED_ROLES = frozenset({"system", "user", "assistant", "function"})
@@ -46,3 +47,17 @@ def line_error(line: str | bytes) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return "invalid_json"
     return format_error(example)
+
+
+# OpenAI's cookbook rule for n_epochs="auto": 3 epochs, more (up to 25) so that at least 100
+# examples are seen, fewer so that at most 25,000 are.
+TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MAX_DEFAULT_EPOCHS = 3, 100, 25_000, 25
+
+
+def auto_n_epochs(n_examples: int) -> int:
+    """The epochs OpenAI picks for "auto" on a training file of ``n_examples`` examples."""
+    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_DEFAULT_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / max(n_examples, 1)))
+    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(1, MAX_TARGET_EXAMPLES // n_examples)
+    return TARGET_EPOCHS

@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
 from ftp_assets.adapters.mlflow_registry import log_fine_tune_run, register_challenger
 from ftp_assets.adapters.providers.base import Auto, FineTuneRequest, FineTuneResult, FineTuningProvider
-from ftp_assets.adapters.providers.openai_provider import auto_n_epochs
 from ftp_assets.adapters.providers.runner import run_fine_tune
+from ftp_assets.domain.chat_format import auto_n_epochs
 from ftp_assets.steps.data_path import TrainingDataset
 
 TRAINING_SAMPLE_LINES = 20

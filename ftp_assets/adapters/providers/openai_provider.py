@@ -22,7 +22,6 @@ from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from ftp_assets.adapters.providers.base import (
     SUCCEEDED,
     TERMINAL_STATUSES,
-    Auto,
     FineTuneJob,
     FineTuneRequest,
     FineTuneResult,
@@ -39,22 +38,6 @@ TASK_KEY = "ftp_task"
 DAGSTER_RUN_ID_KEY = "dagster_run_id"
 PAGE_SIZE = 100
 HYPERPARAMETER_NAMES = ("n_epochs", "batch_size", "learning_rate_multiplier")
-# OpenAI's cookbook rule for n_epochs="auto": 3 epochs, more (up to 25) so that at least 100
-# examples are seen, fewer so that at most 25,000 are.
-TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MAX_DEFAULT_EPOCHS = 3, 100, 25_000, 25
-
-
-def auto_n_epochs(n_examples: int) -> int:
-    """The epochs OpenAI picks for "auto" on a training file of ``n_examples`` examples."""
-    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_DEFAULT_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / max(n_examples, 1)))
-    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(1, MAX_TARGET_EXAMPLES // n_examples)
-    return TARGET_EPOCHS
-
-
-def resolved_n_epochs(requested: Auto | int, n_examples: int) -> int:
-    return auto_n_epochs(n_examples) if requested == "auto" else requested
 
 
 class OpenAIFineTuningProvider:
