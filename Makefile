@@ -17,7 +17,7 @@ check: $(INSTALLED)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/deptry .
-	$(VENV)/bin/hadolint deploy/Dockerfile
+	$(VENV)/bin/hadolint deploy/Dockerfile deploy/trainer.Dockerfile
 
 benchmark: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/run_all.py

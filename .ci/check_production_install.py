@@ -1,6 +1,6 @@
 """Run inside a virtualenv holding the product as the production image installs it (no extras):
-the code location loads, and nothing of the local service, the demo or their web stack is part of
-the product. Exits non-zero with the reason on any failure."""
+the code location loads, and nothing of the local service, the demo, the trainer or their web and
+training stacks is part of the product. Exits non-zero with the reason on any failure."""
 
 import subprocess
 import sys
@@ -27,12 +27,14 @@ unconditional = {requirement.name.lower() for requirement in product_requirement
 for name in sorted(LOCAL_ONLY & unconditional):
     problems.append(f"the product requires {name}, which belongs to the local extra")
 
-for module in ("ftp_local_openai", "ftp_demo"):
+# The trainer and its training stack live in their own image (deploy/trainer.Dockerfile).
+for module in ("ftp_local_openai", "ftp_demo", "ftp_trainer", "torch", "transformers", "peft", "trl"):
     try:
         __import__(module)
         problems.append(f"{module} is installed with the product")
     except ModuleNotFoundError:
         pass
+print("no training library is installed with the product (torch, transformers, peft, trl, ftp_trainer)")
 
 demo = subprocess.run(["ftp", "demo"], capture_output=True, text=True)
 if demo.returncode == 0 or "pip install -e '.[local]'" not in demo.stderr:

@@ -15,6 +15,7 @@ from ftp_assets.resources import (
     FineTuningSettings,
     MlflowResource,
     PostsDatabaseResource,
+    SelfHostedTraining,
     default_posts_db_url,
 )
 from ftp_assets.settings import DeploymentSettings
@@ -30,6 +31,20 @@ def openai_resource(settings: DeploymentSettings) -> OpenAIResource:
     return OpenAIResource(api_key=LOCAL_OPENAI_API_KEY, base_url=settings.openai_base_url or LOCAL_OPENAI_BASE_URL)
 
 
+def self_hosted_training(settings: DeploymentSettings) -> SelfHostedTraining:
+    """The self-hosted trainer: a subprocess in the local profile, a pod of its own image in
+    production, finished adapters beside the datasets on shared storage."""
+    return SelfHostedTraining(
+        launcher="kubernetes" if settings.production else "subprocess",
+        base_model=settings.self_hosted_base_model,
+        work_dir=settings.trainer_work_dir,
+        adapters_url=f"{settings.storage_url.rstrip('/')}/adapters" if settings.storage_url else "",
+        image=settings.trainer_image,
+        namespace=settings.trainer_namespace,
+        pod_spec=settings.trainer_pod_spec,
+    )
+
+
 def shared_resources(settings: DeploymentSettings) -> Definitions:
     """The resources every group uses; the embedded defaults where a local deployment leaves a
     variable unset. With FTP_STORAGE_URL, asset values live under ``<url>/dagster/`` so that a
@@ -42,7 +57,8 @@ def shared_resources(settings: DeploymentSettings) -> Definitions:
         ),
         "dataset_storage": DatasetStorage(root=settings.datasets_dir, shared_url=settings.storage_url),
         "openai": openai_resource(settings),
-        "fine_tuning": FineTuningSettings(),
+        "fine_tuning": FineTuningSettings(provider=settings.provider),
+        "self_hosted_training": self_hosted_training(settings),
         "mlflow": MlflowResource(
             tracking_uri=EnvVar("MLFLOW_TRACKING_URI") if settings.has("MLFLOW_TRACKING_URI") else ""
         ),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import Field, PrivateAttr
@@ -19,6 +19,7 @@ from ftp_assets.steps.fine_tune import FineTuneOptions
 if TYPE_CHECKING:
     from ftp_assets.adapters.experiments_store import ExperimentStore
     from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
+    from ftp_assets.adapters.trainer_pods import TrainerPodSettings
 
 
 def default_posts_db_url(home: str = "") -> str:
@@ -113,9 +114,12 @@ LOCAL_OPENAI_API_KEY = "sk-local-ftp"
 
 
 class FineTuningSettings(ConfigurableResource):
-    """How jobs are made: base model per task, hyperparameters ("auto" lets the provider choose),
-    the cost guard and the overall timeout."""
+    """How jobs are made: the provider (FTP_PROVIDER: ``openai`` or any compatible API by
+    OPENAI_BASE_URL, or ``self_hosted``, the LoRA trainer of :class:`SelfHostedTraining`), base
+    model per task, hyperparameters ("auto" lets the provider choose), the cost guard and the
+    overall timeout."""
 
+    provider: Literal["openai", "self_hosted"] = "openai"
     hook_base_model: str = "gpt-4o-mini-2024-07-18"
     body_base_model: str = "gpt-4o-mini-2024-07-18"
     n_epochs: str = "auto"
@@ -156,6 +160,96 @@ class FineTuningSettings(ConfigurableResource):
             timeout_s=self.timeout_hours * 3600,
             poll_initial_s=self.poll_initial_seconds,
             poll_max_s=self.poll_max_seconds,
+        )
+
+
+# The tiny base the trainer builds on first use under FTP_HOME when no base model is configured
+# (local profile only): tests and the laptop, never a real model.
+TINY_BASE_FOLDER = "models/tiny-chat-base"
+
+
+class SelfHostedTraining(ConfigurableResource):
+    """The self-hosted LoRA trainer (``ftp-train``, the ``train`` extra) that ``FTP_PROVIDER=
+    self_hosted`` runs through Dagster Pipes: as a subprocess (``launcher="subprocess"``, the local
+    profile) or as a Kubernetes pod of its own image (``"kubernetes"``, production). The
+    hyperparameter defaults suit a 0.5-8 B instruct model (docs/trainer.md)."""
+
+    launcher: Literal["subprocess", "kubernetes"] = "subprocess"
+    # A model folder (the model cache volume in production) or a name in the local Hugging Face
+    # cache; "" is the tiny base under FTP_HOME, built on first use (FTP_SELF_HOSTED_BASE_MODEL).
+    base_model: str = ""
+    # Checkpoints, so a crashed attempt resumes (FTP_TRAINER_WORK_DIR); "" is FTP_HOME/training.
+    work_dir: str = ""
+    # Finished adapters, one folder per job; "" is FTP_HOME/adapters. With FTP_STORAGE_URL,
+    # <url>/adapters, which the trainer pod writes and the code location reads.
+    adapters_url: str = ""
+    # The trainer pod (launcher "kubernetes"): FTP_TRAINER_IMAGE, FTP_TRAINER_NAMESPACE and
+    # FTP_TRAINER_POD_SPEC, a JSON PodSpec fragment (GPUs, node selector, tolerations, volumes).
+    image: str = ""
+    namespace: str = ""
+    pod_spec: str = ""
+    epochs: int = Field(default=3, ge=1)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    lora_rank: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    # "all-linear", or module names separated by commas ("q_proj,v_proj").
+    target_modules: str = "all-linear"
+    batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_seq_length: int = Field(default=1024, ge=16)
+    seed: int = 42
+    # Torch's CPU threads (0: torch's default). Not part of the job's key: it changes rounding only.
+    threads: int = Field(default=0, ge=0)
+    # What an hour of the trainer's GPU costs: the run's cost is its duration at this price.
+    gpu_hour_usd: float = Field(default=0.0, ge=0)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The trainer's config as it takes it (``ftp-train train --config``), threads excluded."""
+        modules = self.target_modules.strip()
+        return {
+            "epochs": self.epochs,
+            "learning_rate": self.learning_rate,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout,
+            "target_modules": modules if modules == "all-linear" else [m.strip() for m in modules.split(",")],
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "max_seq_length": self.max_seq_length,
+            "seed": self.seed,
+        }
+
+    def pod_settings(self) -> TrainerPodSettings:
+        """The trainer pod's image, namespace and PodSpec fragment (launcher "kubernetes")."""
+        from ftp_assets.adapters.trainer_pods import TrainerPodSettings, parse_pod_spec
+
+        return TrainerPodSettings(
+            image=self.image, namespace=self.namespace, pod_spec=parse_pod_spec(self.pod_spec) if self.pod_spec else {}
+        )
+
+    def resolved_base_model(self) -> str:
+        return self.base_model or str(home_path(TINY_BASE_FOLDER))
+
+    @property
+    def builds_tiny_base(self) -> bool:
+        return not self.base_model
+
+    def fine_tune_options(self, settings: FineTuningSettings) -> FineTuneOptions:
+        """The step's options: this base and these hyperparameters, the shared cost guard and
+        timeout. The estimate prices tokens at 0: the cost is GPU time, known afterwards."""
+        return FineTuneOptions(
+            base_model=self.resolved_base_model(),
+            n_epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate_multiplier="auto",
+            seed=self.seed,
+            extra_hyperparameters=self.hyperparameters(),
+            usd_per_million_training_tokens=0.0,
+            budget_usd=settings.budget_usd,
+            timeout_s=settings.timeout_hours * 3600,
+            poll_initial_s=settings.poll_initial_seconds,
+            poll_max_s=settings.poll_max_seconds,
         )
 
 

@@ -18,6 +18,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Read by the resources as EnvVars, never by this object: they may hold credentials.
 SECRET_VARIABLES = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI")
 PRODUCTION_REQUIRED = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI", "FTP_STORAGE_URL")
+# The self-hosted trainer needs no OpenAI key, but its image and a base model on the cache volume.
+SELF_HOSTED_PRODUCTION_REQUIRED = (
+    "FTP_POSTS_DB_URL",
+    "MLFLOW_TRACKING_URI",
+    "FTP_STORAGE_URL",
+    "FTP_TRAINER_IMAGE",
+    "FTP_SELF_HOSTED_BASE_MODEL",
+)
 
 # The settings whose values must be positive numbers, with the type each takes.
 POSITIVE_NUMBERS: dict[str, type[int] | type[float]] = {
@@ -52,6 +60,14 @@ class DeploymentSettings(BaseSettings):
     # Shared storage of asset values and datasets (s3://bucket/prefix, gs://..., file:///mnt/...).
     storage_url: str = ""
     openai_base_url: str = Field(default="", validation_alias="OPENAI_BASE_URL")
+    # Who fine-tunes: OpenAI (or the compatible API at OPENAI_BASE_URL), or the self-hosted LoRA
+    # trainer, run as a subprocess in the local profile and as a Kubernetes pod in production.
+    provider: Literal["openai", "self_hosted"] = "openai"
+    self_hosted_base_model: str = ""
+    trainer_work_dir: str = ""
+    trainer_image: str = ""
+    trainer_namespace: str = ""
+    trainer_pod_spec: str = ""
     training_cron: str = "0 2 * * 0"
     training_timezone: str = "UTC"
     training_new_posts_threshold: int = 100
@@ -72,6 +88,16 @@ class DeploymentSettings(BaseSettings):
         if value <= 0:
             raise ValueError(f"FTP_{info.field_name.upper()} must be a positive {kind.__name__}, got {raw!r}.")
         return value
+
+    @field_validator("trainer_pod_spec")
+    @classmethod
+    def _pod_spec(cls, raw: str) -> str:
+        # A malformed pod spec stops the code location loading, not a training run days later.
+        if raw:
+            from ftp_assets.adapters.trainer_pods import parse_pod_spec
+
+            parse_pod_spec(raw)
+        return raw
 
     @classmethod
     def from_environment(cls, *, require_complete: bool = True) -> DeploymentSettings:
@@ -102,11 +128,24 @@ class DeploymentSettings(BaseSettings):
         """The secret's value, read at the moment of use (for the ``ftp`` command, outside Dagster)."""
         return os.environ.get(secret, "") if self.has(secret) else ""
 
+    @property
+    def self_hosted(self) -> bool:
+        return self.provider == "self_hosted"
+
     def missing_for_production(self) -> list[str]:
         if not self.production:
             return []
-        configured = set(self._secrets_set) | ({"FTP_STORAGE_URL"} if self.storage_url else set())
-        return [name for name in PRODUCTION_REQUIRED if name not in configured]
+        configured = set(self._secrets_set) | {
+            name
+            for name, value in (
+                ("FTP_STORAGE_URL", self.storage_url),
+                ("FTP_SELF_HOSTED_BASE_MODEL", self.self_hosted_base_model),
+                ("FTP_TRAINER_IMAGE", self.trainer_image),
+            )
+            if value
+        }
+        required = SELF_HOSTED_PRODUCTION_REQUIRED if self.self_hosted else PRODUCTION_REQUIRED
+        return [name for name in required if name not in configured]
 
 
 def _message(problem: Any) -> str:

@@ -37,6 +37,7 @@ from ftp_assets.resources import (
     FineTuningSettings,
     MlflowResource,
     PostsDatabaseResource,
+    SelfHostedTraining,
 )
 from ftp_assets.settings import DeploymentSettings
 from ftp_assets.training.assets import fine_tuned_model
@@ -246,6 +247,7 @@ def test_after_a_training_the_count_restarts_at_its_window_end_and_waits_the_int
         "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets")),
         "openai": OpenAIResource(api_key=local_openai.api_key, base_url=local_openai.base_url),
         "fine_tuning": FineTuningSettings(poll_initial_seconds=0.05, poll_max_seconds=0.2),
+        "self_hosted_training": SelfHostedTraining(),
         "mlflow": MlflowResource(tracking_uri=local_tracking_uri(tmp_path / "mlflow")),
         "experiment_settings": ExperimentSettings(),
     }

@@ -27,6 +27,10 @@ print(json.dumps({
     "openai_key_from_env": getattr(openai.api_key, "env_var_name", None),
     "io_manager": type(defs.resources.get("io_manager")).__name__,
     "posts_table": defs.resources["posts_db"].table,
+    "provider": defs.resources["fine_tuning"].provider,
+    "trainer": defs.resources["self_hosted_training"].model_dump(
+        include={"launcher", "base_model", "adapters_url", "image", "work_dir"}
+    ),
 }))
 """
 
@@ -94,6 +98,37 @@ def test_production_loads_with_automation_running_and_the_configured_provider():
     assert location["openai_base_url"] == "https://llm.example.test/v1"
     assert location["openai_key_from_env"] == "OPENAI_API_KEY"  # an EnvVar, resolved by each run
     assert location["io_manager"] == "FilesystemIOManager"
+
+
+SELF_HOSTED = {
+    **{name: value for name, value in PRODUCTION.items() if not name.startswith("OPENAI_")},
+    "FTP_PROVIDER": "self_hosted",
+    "FTP_TRAINER_IMAGE": "registry.example.test/ftp-trainer@sha256:" + "0" * 64,
+    "FTP_SELF_HOSTED_BASE_MODEL": "/models/Qwen2.5-1.5B-Instruct",
+}
+
+
+def test_production_with_the_self_hosted_trainer_needs_its_image_and_base_not_an_openai_key():
+    location = loaded(**SELF_HOSTED)
+    assert location["provider"] == "self_hosted"
+    assert location["trainer"] == {
+        "launcher": "kubernetes",
+        "base_model": "/models/Qwen2.5-1.5B-Instruct",
+        "adapters_url": "s3://ftp-bucket/ftp/adapters",
+        "image": SELF_HOSTED["FTP_TRAINER_IMAGE"],
+        "work_dir": "",
+    }
+    for missing in ("FTP_TRAINER_IMAGE", "FTP_SELF_HOSTED_BASE_MODEL"):
+        process = load(**{name: value for name, value in SELF_HOSTED.items() if name != missing})
+        assert last_line(process).endswith(f"FTP_DEPLOYMENT=production has no embedded defaults: set {missing}.")
+
+
+def test_the_local_self_hosted_trainer_runs_as_a_subprocess_on_the_tiny_base():
+    location = loaded(FTP_PROVIDER="self_hosted")
+    assert location["provider"] == "self_hosted"
+    assert location["trainer"]["launcher"] == "subprocess" and location["trainer"]["base_model"] == ""
+    process = load(FTP_PROVIDER="vllm")
+    assert process.returncode != 0 and "FTP_PROVIDER" in last_line(process)
 
 
 def test_automation_off_keeps_production_schedules_and_sensors_stopped():

@@ -182,3 +182,114 @@ def test_dockerignore_lets_in_what_the_dockerfile_copies(dockerfile: str) -> Non
             *sources, _destination = arguments.split()
             for source in sources:
                 assert f"!{source}" in lines, f".dockerignore keeps {source} out of the build context"
+
+
+# --- deploy/trainer.Dockerfile: the self-hosted trainer's GPU image ------------------------------
+# Never built here (no container engine, no GPU); hadolint lints it and these tests read it.
+
+TRAINER_DOCKERFILE = ROOT / "deploy" / "trainer.Dockerfile"
+# What the trainer's image must not carry: the code location and the laptop-only packages.
+NOT_IN_TRAINER_IMAGE = ("ftp_assets", "ftp_local_openai", "ftp_demo")
+
+
+@pytest.fixture
+def trainer_dockerfile() -> str:
+    return TRAINER_DOCKERFILE.read_text()
+
+
+def image_env(text: str) -> dict[str, str]:
+    """KEY=value pairs of every ENV instruction (the `ENV KEY value` form is not used here)."""
+    pairs = [pair for keyword, arguments in instructions(text) if keyword == "ENV" for pair in arguments.split()]
+    assert all("=" in pair for pair in pairs), pairs
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def copied_sources(text: str) -> list[str]:
+    return [
+        source
+        for keyword, arguments in instructions(text)
+        if keyword == "COPY"
+        for source in arguments.split()[:-1]
+        if not source.startswith("--")
+    ]
+
+
+def test_trainer_base_image_is_a_cuda_image_pinned_by_a_digest(trainer_dockerfile: str) -> None:
+    images = base_images(trainer_dockerfile)
+    assert images, "no FROM"
+    for image in images:
+        assert is_pinned_by_digest(image), image
+        assert ":latest" not in image
+        assert "cuda" in image, f"{image} is not a CUDA image"
+
+
+def test_trainer_runs_as_a_numeric_non_root_user(trainer_dockerfile: str) -> None:
+    users = [arguments for keyword, arguments in instructions(trainer_dockerfile) if keyword == "USER"]
+    assert users, "no USER: the image runs as root"
+    uid = users[-1].partition(":")[0]
+    assert uid.isdigit() and int(uid) != 0, users[-1]
+
+
+def test_trainer_pip_keeps_no_cache(trainer_dockerfile: str) -> None:
+    installs = pip_installs(trainer_dockerfile)
+    assert installs
+    if image_env(trainer_dockerfile).get("PIP_NO_CACHE_DIR") != "1":
+        assert all("--no-cache-dir" in command for command in installs)
+
+
+def test_trainer_image_copies_the_trainer_and_not_the_product(trainer_dockerfile: str) -> None:
+    sources = [source.rstrip("/") for source in copied_sources(trainer_dockerfile)]
+    assert "ftp_trainer" in sources
+    assert {"pyproject.toml", "README.md"} <= set(sources)
+    for source in sources:
+        assert source.split("/")[0] not in NOT_IN_TRAINER_IMAGE, source
+        assert source not in {".", "./"}, "copies the whole build context"
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        packages = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {"ftp_trainer", "ftp_trainer.*"} <= set(packages), "setuptools would not install ftp_trainer"
+
+
+def test_trainer_image_installs_the_trainers_own_dependency_set_only(trainer_dockerfile: str) -> None:
+    """The `train` and `s3` extras' requirements, read from pyproject.toml, then the package without
+    the project's own dependencies (Dagster, MLflow, ...), which the trainer never imports."""
+    installs = pip_installs(trainer_dockerfile)
+    assert any("-r requirements.txt" in command for command in installs), installs
+    project = [command for command in installs if re.search(r"install\b.*\s\.(\s|$)", command)]
+    assert project and all("--no-deps" in command for command in project), installs
+    (extraction,) = [
+        arguments
+        for keyword, arguments in instructions(trainer_dockerfile)
+        if keyword == "RUN" and "tomllib" in arguments
+    ]
+    assert re.findall(r'extras\["(\w+)"\]', extraction) == ["train", "s3"]
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        optional = tomllib.load(f)["project"]["optional-dependencies"]
+    train = {canonicalize_name(Requirement(spec).name) for spec in optional["train"]}
+    assert {"torch", "transformers", "peft", "trl", "datasets", "dagster-pipes", "fsspec"} <= train
+    assert not {"dagster", "mlflow", "ftp-assets"} & train
+
+
+def test_trainer_image_never_downloads_from_the_hub(trainer_dockerfile: str) -> None:
+    env = image_env(trainer_dockerfile)
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["HF_HOME"] == "/models/hf"
+
+
+def test_trainer_image_names_its_command_without_an_entrypoint(trainer_dockerfile: str) -> None:
+    """PipesK8sClient sets the container's command, which would replace an ENTRYPOINT anyway."""
+    keywords = [keyword for keyword, _ in instructions(trainer_dockerfile)]
+    assert "ENTRYPOINT" not in keywords
+    (command,) = [arguments for keyword, arguments in instructions(trainer_dockerfile) if keyword == "CMD"]
+    assert command.startswith('["ftp-train"')
+
+
+def test_trainer_build_context_lets_in_what_the_trainer_dockerfile_copies(trainer_dockerfile: str) -> None:
+    """BuildKit reads `<Dockerfile>.dockerignore` beside the Dockerfile before the root one."""
+    own = TRAINER_DOCKERFILE.with_name(TRAINER_DOCKERFILE.name + ".dockerignore")
+    lines = (own if own.exists() else ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in lines
+    for source in copied_sources(trainer_dockerfile):
+        assert f"!{source}" in lines, f"the build context keeps {source} out"
+    for package in NOT_IN_TRAINER_IMAGE:
+        assert f"!{package}" not in lines

@@ -12,19 +12,32 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import jsonschema
 import pytest
 import yaml
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+from dagster_k8s.pipes import build_pod_body
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 from referencing.jsonschema import DRAFT7
+
+from ftp_assets.adapters.trainer_pods import (
+    JOB_LABEL,
+    TRAINER_UID,
+    parse_pod_spec,
+    pod_meta_and_spec,
+    resolve_namespace,
+)
+from ftp_assets.definitions import self_hosted_training
+from ftp_assets.settings import DeploymentSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "deploy" / "helm-chart"
@@ -433,6 +446,8 @@ def _pods(merged: dict[str, Any]) -> dict[str, tuple[Any, set[str]]]:
             pods[f"code server {deployment['name']}"] = (_chart_pod(deployment), {"/tmp", ftp_home})
     if merged["runLauncher"]["type"] == "K8sRunLauncher":
         pods["run"] = (_run_pod(merged), {"/tmp", dagster_storage, ftp_home})
+    if _trainer_env(merged).get("FTP_TRAINER_IMAGE"):
+        pods["trainer"] = (_trainer_pod(merged).spec, {"/tmp"})
     if merged["runLauncher"]["type"] == "CeleryK8sRunLauncher":
         pods["celery workers"] = (_chart_pod(merged["runLauncher"]["config"]["celeryK8sRunLauncher"]), {"/tmp"})
     if merged["flower"]["enabled"]:
@@ -549,3 +564,164 @@ def test_pods_agree_with_the_image(merged: dict[str, Any]) -> None:
     image_user = int(_image_setting(r"^USER (\d+)"))
     for name, (pod, _) in _pods(merged).items():
         assert pod.security_context.run_as_user == image_user, name
+
+
+# --- Self-hosted training ------------------------------------------------------------------------
+# The trainer's pod is not the chart's: the run's pod creates it through PipesK8sClient from the
+# FTP_TRAINER_* variables (ftp_assets/adapters/trainer_pods.py), in its own namespace, with the
+# RBAC of deploy/trainer-rbac.yaml. Built here as PipesK8sClient builds it.
+
+TRAINER_DOCKERFILE = ROOT / "deploy" / "trainer.Dockerfile"
+TRAINER_RBAC = ROOT / "deploy" / "trainer-rbac.yaml"
+TRAINER_VARIABLES = (
+    "FTP_PROVIDER",
+    "FTP_TRAINER_IMAGE",
+    "FTP_TRAINER_NAMESPACE",
+    "FTP_TRAINER_POD_SPEC",
+    "FTP_SELF_HOSTED_BASE_MODEL",
+    "FTP_TRAINER_WORK_DIR",
+)
+# The release's namespace and name, as docs/kubernetes.md installs it.
+RELEASE_NAMESPACE = "ftp-assets"
+RELEASE_NAME = "dagster"
+
+
+def _plain_env(entries: list[dict[str, Any]]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in entries if "value" in e}
+
+
+def _trainer_env(merged: dict[str, Any]) -> dict[str, str]:
+    """The variables of the run pods, where the training step runs and starts the trainer's pod."""
+    launcher = merged["runLauncher"]["config"]["k8sRunLauncher"]
+    return _plain_env(launcher["runK8sConfig"]["containerConfig"]["env"])
+
+
+def _trainer_pod(merged: dict[str, Any]) -> Any:
+    """The trainer's pod as the run's step builds it: the deployment settings read from the run
+    pod's variables, the code location's resource, then PipesK8sClient's pod body."""
+    env = _trainer_env(merged)
+    with mock.patch.dict(os.environ, env, clear=True):
+        deployment = DeploymentSettings()
+    settings = self_hosted_training(deployment).pod_settings()
+    meta, spec = pod_meta_and_spec(settings, "sft-" + "0" * 24)
+    return build_pod_body(
+        pod_name="dagster-check-fine-tuned-model-0000000000",
+        image=settings.image,
+        command=["ftp-train"],
+        env_vars={"DAGSTER_PIPES_CONTEXT": "context"},
+        base_pod_meta=meta,
+        base_pod_spec=spec,
+    )
+
+
+def _trainer_image_env() -> dict[str, str]:
+    """KEY=value pairs of the ENV instructions of deploy/trainer.Dockerfile."""
+    text = re.sub(r"\\\n", " ", TRAINER_DOCKERFILE.read_text())
+    pairs = [
+        pair
+        for line in text.splitlines()
+        if line.startswith("ENV ")
+        for pair in line.removeprefix("ENV ").split()
+        if "=" in pair
+    ]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_code_server_and_runs_get_the_self_hosted_settings(merged: dict[str, Any]) -> None:
+    server_env = _plain_env(_deployment(merged)["env"])
+    run_env = _trainer_env(merged)
+    for name in TRAINER_VARIABLES:
+        assert server_env.get(name) and run_env.get(name) == server_env[name], name
+    assert run_env["FTP_PROVIDER"] in {"openai", "self_hosted"}
+    image = run_env["FTP_TRAINER_IMAGE"]
+    assert ":" in image.rpartition("/")[2] and not image.endswith(":latest"), image
+    assert resolve_namespace(run_env["FTP_TRAINER_NAMESPACE"]) == run_env["FTP_TRAINER_NAMESPACE"]
+
+
+def test_trainer_pod_spec_asks_for_a_gpu_node_and_the_volumes(merged: dict[str, Any]) -> None:
+    env = _trainer_env(merged)
+    fragment = parse_pod_spec(env["FTP_TRAINER_POD_SPEC"])
+    assert fragment["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    pod = _trainer_pod(merged)
+    assert pod.metadata.labels[JOB_LABEL] == "sft-" + "0" * 24
+    spec = pod.spec
+    (container,) = spec.containers
+    assert container.image == env["FTP_TRAINER_IMAGE"] and container.command == ["ftp-train"]
+    resources = container.resources
+    assert resources.limits["nvidia.com/gpu"] == "1"
+    # An extended resource is not overcommitted: a request, if any, equals the limit.
+    assert resources.requests.get("nvidia.com/gpu", "1") == "1"
+    for resource in ("cpu", "memory"):
+        assert 0 < _quantity(resources.requests[resource]) <= _quantity(resources.limits[resource]), resource
+    assert spec.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert any(
+        t.key == "nvidia.com/gpu" and t.effect == "NoSchedule" and t.operator in {"Exists", "Equal"}
+        for t in spec.tolerations
+    )
+    assert spec.restart_policy == "Never"
+
+    claims = {v.name: v.persistent_volume_claim for v in spec.volumes if v.persistent_volume_claim is not None}
+    mounts = {m.mount_path: m for m in container.volume_mounts}
+    model_cache, work = mounts["/models"], mounts[env["FTP_TRAINER_WORK_DIR"]]
+    assert claims[model_cache.name].claim_name == "ftp-model-cache"
+    assert model_cache.read_only is True and claims[model_cache.name].read_only is True
+    assert claims[work.name].claim_name == "ftp-trainer-work"
+    assert not work.read_only and not claims[work.name].read_only
+    # The base model and the image's Hugging Face home are on the model cache.
+    assert env["FTP_SELF_HOSTED_BASE_MODEL"].startswith("/models/")
+    assert _trainer_image_env()["HF_HOME"].startswith("/models/")
+
+
+def test_trainer_pod_runs_as_the_trainer_images_user(merged: dict[str, Any]) -> None:
+    users = re.findall(r"^USER (\d+)", TRAINER_DOCKERFILE.read_text(), re.MULTILINE)
+    assert users and int(users[-1]) == TRAINER_UID
+    pod = _trainer_pod(merged)
+    assert pod.spec.security_context.run_as_user == TRAINER_UID
+    # The writable paths the image points its caches at are on the pod's /tmp emptyDir.
+    image_env = _trainer_image_env()
+    for name in ("HF_DATASETS_CACHE", "XDG_CACHE_HOME", "TRITON_CACHE_DIR"):
+        assert image_env[name].startswith("/tmp/"), name
+    assert "/tmp" in _writable_paths(pod.spec)
+
+
+def _rbac() -> list[dict[str, Any]]:
+    with TRAINER_RBAC.open() as f:
+        return [document for document in yaml.safe_load_all(f) if document]
+
+
+def test_trainer_rbac_lets_the_run_pods_manage_trainer_pods(merged: dict[str, Any]) -> None:
+    env = _trainer_env(merged)
+    namespace = env["FTP_TRAINER_NAMESPACE"]
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in _rbac()}
+    assert all(d["metadata"]["namespace"] == namespace for d in documents.values())
+
+    (role,) = [d for (kind, _), d in documents.items() if kind == "Role"]
+    granted = {
+        (resource, verb)
+        for rule in role["rules"]
+        if rule["apiGroups"] == [""]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    # PipesK8sClient: create, read (wait), logs, events (on failure), delete; the guard: list, delete, get.
+    needed = {("pods", v) for v in ("create", "get", "list", "delete")} | {("pods/log", "get"), ("events", "list")}
+    assert needed <= granted, needed - granted
+    assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
+
+    (binding,) = [d for (kind, _), d in documents.items() if kind == "RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    # The run pods' service account: the chart's global.serviceAccountName, serviceAccount.name, or
+    # the release's full name (the release `dagster` of the chart `dagster` is just `dagster`).
+    run_account = merged["global"]["serviceAccountName"] or merged["serviceAccount"]["name"] or RELEASE_NAME
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": run_account, "namespace": RELEASE_NAMESPACE}]
+    assert f"--namespace {RELEASE_NAMESPACE}" in DOCS_FILE.read_text()
+    assert f"helm upgrade --install {RELEASE_NAME} " in DOCS_FILE.read_text()
+
+    # The trainer pod's own account is created there, without an API token.
+    account = parse_pod_spec(env["FTP_TRAINER_POD_SPEC"])["serviceAccountName"]
+    assert documents[("ServiceAccount", account)]["automountServiceAccountToken"] is False

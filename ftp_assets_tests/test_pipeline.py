@@ -21,6 +21,7 @@ from ftp_assets.resources import (
     FineTuningSettings,
     MlflowResource,
     PostsDatabaseResource,
+    SelfHostedTraining,
 )
 from ftp_assets.training.assets import fine_tuned_model
 from ftp_assets_tests.corpus import WINDOW_END
@@ -56,6 +57,7 @@ def cycle(request, local_openai, mlflow_server, mlflow_client, tmp_path):
         "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets")),
         "openai": OpenAIResource(api_key=local_openai.api_key, base_url=local_openai.base_url),
         "fine_tuning": FineTuningSettings(poll_initial_seconds=0.05, poll_max_seconds=0.2),
+        "self_hosted_training": SelfHostedTraining(),
         "mlflow": MlflowResource(tracking_uri=mlflow_server),
         "experiment_settings": ExperimentSettings(),
     }

@@ -40,6 +40,7 @@ from ftp_assets.resources import (
     FineTuningSettings,
     MlflowResource,
     PostsDatabaseResource,
+    SelfHostedTraining,
 )
 from ftp_assets.training.assets import fine_tuned_model
 from ftp_assets.training.jobs import training_cycle
@@ -62,6 +63,7 @@ def training_cycle_from_env():
             "dataset_storage": DatasetStorage(root=EnvVar("FTP_DATASETS_DIR")),
             "openai": OpenAIResource(api_key=EnvVar("OPENAI_API_KEY"), base_url=EnvVar("OPENAI_BASE_URL")),
             "fine_tuning": FineTuningSettings(poll_initial_seconds=0.05, poll_max_seconds=0.2),
+            "self_hosted_training": SelfHostedTraining(),
             "mlflow": MlflowResource(tracking_uri=EnvVar("MLFLOW_TRACKING_URI")),
             "experiment_settings": ExperimentSettings(),
         },

@@ -37,7 +37,13 @@ from ftp_assets.steps.experiment import (
     rollback_champion_of,
     start_experiment,
 )
-from ftp_assets.steps.fine_tune import TRAINING_SAMPLE_LINES, FineTunedModel, FineTuneOptions, fine_tune
+from ftp_assets.steps.fine_tune import (
+    TRAINING_SAMPLE_LINES,
+    FineTunedModel,
+    FineTuneOptions,
+    ProviderTrainer,
+    fine_tune,
+)
 from ftp_assets_tests.corpus import WINDOW_END, clean_posts, post
 
 AGENT_MODEL = "gpt-4o-mini-2024-07-18"
@@ -98,7 +104,11 @@ def test_fine_tune_records_the_job_and_registers_its_model_as_challenger(local_o
     client = local_registry(tmp_path)
     logs: list[str] = []
     trained = fine_tune(
-        provider, client, dataset, options(), jobs=job_records, dagster_run_id="dagster-run-1", log=logs.append
+        ProviderTrainer(provider, job_records, options(), logs.append),
+        client,
+        dataset,
+        options(),
+        dagster_run_id="dagster-run-1",
     )
 
     model, result = trained.model, trained.result
@@ -145,13 +155,11 @@ def test_fine_tune_over_budget_starts_no_job_and_records_nothing(local_openai, d
     client = local_registry(tmp_path)
     with pytest.raises(BudgetExceeded, match=r"exceeds the budget of \$0\.00"):
         fine_tune(
-            OpenAIFineTuningProvider(api),
+            ProviderTrainer(OpenAIFineTuningProvider(api), job_records, options(budget_usd=0.0), [].append),
             client,
             dataset,
             options(budget_usd=0.0),
-            jobs=job_records,
             dagster_run_id="r",
-            log=[].append,
         )
     assert api.fine_tuning.jobs.list().data == [] and api.files.list().data == []
     assert client.get_experiment_by_name(EXPERIMENT_NAME) is None
@@ -169,26 +177,29 @@ def test_the_cost_guard_counts_the_epochs_requested_not_the_three_the_dataset_as
 
     with pytest.raises(BudgetExceeded):
         fine_tune(
-            OpenAIFineTuningProvider(api),
+            ProviderTrainer(
+                OpenAIFineTuningProvider(api), job_records, options(n_epochs=10, budget_usd=budget), [].append
+            ),
             local_registry(tmp_path),
             dataset,
             options(n_epochs=10, budget_usd=budget),
-            jobs=job_records,
             dagster_run_id="r",
-            log=[].append,
         )
     assert api.fine_tuning.jobs.list().data == []
 
     # "auto" with a configured maximum: the estimate assumes that maximum.
     with pytest.raises(BudgetExceeded):
         fine_tune(
-            OpenAIFineTuningProvider(api),
+            ProviderTrainer(
+                OpenAIFineTuningProvider(api),
+                job_records,
+                options(n_epochs="auto", max_auto_epochs=6, budget_usd=budget),
+                [].append,
+            ),
             local_registry(tmp_path),
             dataset,
             options(n_epochs="auto", max_auto_epochs=6, budget_usd=budget),
-            jobs=job_records,
             dagster_run_id="r",
-            log=[].append,
         )
     assert api.fine_tuning.jobs.list().data == []
 
@@ -200,7 +211,11 @@ def test_auto_epochs_are_estimated_by_the_providers_rule_and_recorded_as_trained
     client = local_registry(tmp_path)
 
     trained = fine_tune(
-        provider, client, dataset, options(n_epochs="auto"), jobs=job_records, dagster_run_id="r", log=[].append
+        ProviderTrainer(provider, job_records, options(n_epochs="auto"), [].append),
+        client,
+        dataset,
+        options(n_epochs="auto"),
+        dagster_run_id="r",
     )
 
     epochs = auto_n_epochs(dataset.training_examples)

@@ -49,6 +49,9 @@ PREVIOUS_CHAMPION = "previous-champion"
 DECISION_TAG = "decision"
 REASON_TAG = "reason"
 ROLLED_BACK_TAG = "rolled_back"
+# Which provider made the version: "openai" (or a compatible API) or "self_hosted". Versions
+# registered before the tag existed are OpenAI's.
+PROVIDER_TAG = "provider"
 
 # The registry needs a source inside MLflow: a tracking server rejects ``external://`` sources.
 PROVIDER_MODEL_ARTIFACT_DIR = "provider_model"
@@ -129,8 +132,14 @@ def register_challenger(
     training_file_id: str,
     dataset_hash: str,
     base_model: str,
+    provider: str = "openai",
+    artifacts_dir: Path | None = None,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> ModelVersion:
     """Register the provider's fine-tuned model as a new version with the alias ``challenger``.
+    The version's source is the run's ``provider_model`` folder: the provider's model id and,
+    for a model the provider does not keep (a self-hosted adapter), ``artifacts_dir``'s files,
+    so the model can be rebuilt from the registry alone.
 
     Idempotent: when a version of the same provider model exists, it is returned. It is made
     challenger again only if the alias is free and the version has no decision yet (a retry after
@@ -153,7 +162,12 @@ def register_challenger(
         "dataset_hash": dataset_hash,
         "base_model": base_model,
         "run_id": run_id,
+        PROVIDER_TAG: provider,
+        **(extra_tags or {}),
     }
+    _refuse_secrets(provider_model)
+    if artifacts_dir is not None:
+        client.log_artifacts(run_id, str(artifacts_dir), artifact_path=PROVIDER_MODEL_ARTIFACT_DIR)
     client.log_dict(run_id, provider_model, f"{PROVIDER_MODEL_ARTIFACT_DIR}/provider_model.json")
     version = client.create_model_version(
         name,

@@ -53,7 +53,7 @@ def ab_experiment(
     return Output(
         started,
         metadata={
-            "experiment_id": started.experiment_id or "none: the model was already judged",
+            "experiment_id": started.experiment_id or f"none: {started.not_started_reason}",
             "champion_model": started.champion_model,
             "challenger_model": started.challenger_model,
             "challenger_share": experiment_settings.challenger_share,

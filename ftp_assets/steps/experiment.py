@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from ftp_assets.adapters.experiments_store import RUNNING, ExperimentStore
 from ftp_assets.adapters.mlflow_registry import (
     DECISION_TAG,
+    PROVIDER_TAG,
     champion,
     model_name,
     promote,
@@ -54,6 +55,12 @@ class StartedExperiment:
     champion_model: str
     challenger_model: str
     registry_version: str
+    # Why no experiment was started, when none was.
+    not_started_reason: str | None = None
+
+
+# Versions made by the self-hosted trainer: registered, but not yet served to the agent.
+SELF_HOSTED = "self_hosted"
 
 
 @dataclass(frozen=True)
@@ -117,12 +124,19 @@ def start_experiment(
     current = champion(client, task)
     champion_model = current.tags["provider_model_id"] if current else agent_model
     experiment_id = None
+    reason = None
     if DECISION_TAG in version.tags or champion_model == model.model_id:
         # A re-run on a dataset whose model was already judged: the decision stands, no second test.
-        log(
-            f"{model.model_id} already has the decision '{version.tags.get(DECISION_TAG, 'promoted')}'"
-            "; no new experiment is started."
+        reason = f"{model.model_id} already has the decision '{version.tags.get(DECISION_TAG, 'promoted')}'"
+        log(f"{reason}; no new experiment is started.")
+    elif version.tags.get(PROVIDER_TAG) == SELF_HOSTED:
+        # Users would call a model nothing serves yet: adapters are served, and checked by a
+        # readiness gate, before their first experiment (docs/trainer.md#serving).
+        reason = (
+            f"{model.model_id} (version {model.registry_version}) is a self-hosted adapter, and self-hosted "
+            "adapters are not served to the agent yet"
         )
+        log(f"{reason}: it is registered, but no live experiment is started for it.")
     else:
         experiment_id = store.start(
             task=task,
@@ -138,6 +152,7 @@ def start_experiment(
         champion_model=champion_model,
         challenger_model=model.model_id,
         registry_version=model.registry_version,
+        not_started_reason=reason,
     )
 
 

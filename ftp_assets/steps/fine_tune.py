@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from mlflow import MlflowClient
 
 from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
 from ftp_assets.adapters.mlflow_registry import log_fine_tune_run, register_challenger
-from ftp_assets.adapters.providers.base import Auto, FineTuneRequest, FineTuneResult, FineTuningProvider
+from ftp_assets.adapters.providers.base import (
+    Auto,
+    BudgetExceeded,
+    FineTuneRequest,
+    FineTuneResult,
+    FineTuningProvider,
+)
 from ftp_assets.adapters.providers.runner import run_fine_tune
 from ftp_assets.domain.chat_format import auto_n_epochs
 from ftp_assets.steps.data_path import TrainingDataset
@@ -32,6 +39,8 @@ class FineTunedModel:
     dataset_hash: str
     mlflow_run_id: str
     registry_version: str
+    # Who made it; "openai" for values stored before the self-hosted provider existed.
+    provider: str = "openai"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,10 +55,52 @@ class FineTuneOptions:
     learning_rate_multiplier: Auto | float = "auto"
     seed: int | None = None
     max_auto_epochs: int | None = None
+    # A trainer's own hyperparameters beyond OpenAI's three (the self-hosted LoRA settings).
+    extra_hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    # The price the cost guard applies instead of the dataset's (OpenAI's price for the base).
+    usd_per_million_training_tokens: float | None = None
     budget_usd: float
     timeout_s: float
     poll_initial_s: float
     poll_max_s: float
+
+
+class Trainer(Protocol):
+    """What runs one request to its result: a polling provider (:class:`ProviderTrainer`) or the
+    self-hosted trainer, which Dagster Pipes runs to the end in one blocking call. Both share the
+    request's idempotency key and the durable job record, so a re-run trains nothing twice."""
+
+    @property
+    def name(self) -> str: ...
+
+    def train(self, request: FineTuneRequest, *, estimated_cost_usd: float) -> FineTuneResult: ...
+
+
+@dataclass(frozen=True)
+class ProviderTrainer:
+    """A :class:`FineTuningProvider` (OpenAI or a compatible API) run by the polling runner."""
+
+    provider: FineTuningProvider
+    jobs: FineTuningJobStore
+    options: FineTuneOptions
+    log: Callable[[str], None]
+
+    @property
+    def name(self) -> str:
+        return self.provider.name
+
+    def train(self, request: FineTuneRequest, *, estimated_cost_usd: float) -> FineTuneResult:
+        return run_fine_tune(
+            self.provider,
+            request,
+            jobs=self.jobs,
+            log=self.log,
+            estimated_cost_usd=estimated_cost_usd,
+            budget_usd=self.options.budget_usd,
+            timeout_s=self.options.timeout_s,
+            poll_initial_s=self.options.poll_initial_s,
+            poll_max_s=self.options.poll_max_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -74,21 +125,25 @@ def estimated_epochs(options: FineTuneOptions, training_examples: int) -> int:
 def estimated_cost_usd(dataset: TrainingDataset, options: FineTuneOptions) -> float:
     """The training file's tokens times the epochs, at the dataset's price."""
     billed_tokens = dataset.training_tokens * estimated_epochs(options, dataset.training_examples)
-    return billed_tokens / 1e6 * dataset.usd_per_million_training_tokens
+    return billed_tokens / 1e6 * _price(dataset, options)
+
+
+def _price(dataset: TrainingDataset, options: FineTuneOptions) -> float:
+    if options.usd_per_million_training_tokens is not None:
+        return options.usd_per_million_training_tokens
+    return dataset.usd_per_million_training_tokens
 
 
 def fine_tune(
-    provider: FineTuningProvider,
+    trainer: Trainer,
     client: MlflowClient,
     dataset: TrainingDataset,
     options: FineTuneOptions,
     *,
-    jobs: FineTuningJobStore,
     dagster_run_id: str,
-    log: Callable[[str], None],
 ) -> FineTuning:
-    """Run the dataset's fine-tuning job to the end (or re-attach to it), record it as an MLflow
-    run and register its model as the task's challenger.
+    """Run the dataset's fine-tuning job to the end (or re-attach to it, or reuse its finished
+    model), record it as an MLflow run and register its model as the task's challenger.
 
     Raises the provider's :class:`~ftp_assets.adapters.providers.base.FineTuningError` (over
     budget, failed, timed out) before anything is recorded, and MLflow's own errors.
@@ -105,29 +160,26 @@ def fine_tune(
         batch_size=options.batch_size,
         learning_rate_multiplier=options.learning_rate_multiplier,
         seed=options.seed,
+        extra_hyperparameters=options.extra_hyperparameters,
         dagster_run_id=dagster_run_id,
     )
     estimate_usd = estimated_cost_usd(dataset, options)
-    result = run_fine_tune(
-        provider,
-        request,
-        jobs=jobs,
-        log=log,
-        estimated_cost_usd=estimate_usd,
-        budget_usd=options.budget_usd,
-        timeout_s=options.timeout_s,
-        poll_initial_s=options.poll_initial_s,
-        poll_max_s=options.poll_max_s,
+    if estimate_usd > options.budget_usd:
+        raise BudgetExceeded(estimated_cost_usd=estimate_usd, budget_usd=options.budget_usd)
+    result = trainer.train(request, estimated_cost_usd=estimate_usd)
+    # As the provider measured it, else its billed (trained) tokens at the price the estimate used.
+    actual_cost_usd = (
+        result.cost_usd
+        if result.cost_usd is not None
+        else (result.trained_tokens or 0) / 1e6 * _price(dataset, options)
     )
-    # The provider's billed (trained) tokens at the price the estimate used.
-    actual_cost_usd = (result.trained_tokens or 0) / 1e6 * dataset.usd_per_million_training_tokens
     with tempfile.TemporaryDirectory() as folder:
         run_id = log_fine_tune_run(
             client,
             task=task,
             dagster_run_id=dagster_run_id,
             params={
-                "provider": provider.name,
+                "provider": trainer.name,
                 "base_model": options.base_model,
                 "dataset_hash": dataset.dataset_hash,
                 "idempotency_key": request.idempotency_key,
@@ -161,6 +213,9 @@ def fine_tune(
         training_file_id=result.training_file_id,
         dataset_hash=dataset.dataset_hash,
         base_model=options.base_model,
+        provider=trainer.name,
+        artifacts_dir=result.artifacts_dir,
+        extra_tags=result.registry_tags,
     )
     model = FineTunedModel(
         task=task,
@@ -171,10 +226,11 @@ def fine_tune(
         dataset_hash=dataset.dataset_hash,
         mlflow_run_id=run_id,
         registry_version=str(version.version),
+        provider=trainer.name,
     )
     return FineTuning(
         model=model,
-        provider=provider.name,
+        provider=trainer.name,
         result=result,
         estimated_cost_usd=estimate_usd,
         actual_cost_usd=actual_cost_usd,

@@ -1,6 +1,9 @@
 """``fine_tuned_model``: one fine-tuning job per task and dataset, recorded in MLflow and registered
-as the task's challenger; a thin asset over :func:`ftp_assets.steps.fine_tune.fine_tune`."""
+as the task's challenger; a thin asset over :func:`ftp_assets.steps.fine_tune.fine_tune`, with
+OpenAI's polling provider or the self-hosted trainer (FTP_PROVIDER)."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -12,29 +15,37 @@ from ftp_assets.adapters.providers.base import FineTuningError
 from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider
 from ftp_assets.metadata import train_loss_table
 from ftp_assets.partitions import task_partitions
-from ftp_assets.resources import DatasetStorage, FineTuningSettings, MlflowResource, PostsDatabaseResource
+from ftp_assets.resources import (
+    DatasetStorage,
+    FineTuningSettings,
+    MlflowResource,
+    PostsDatabaseResource,
+    SelfHostedTraining,
+)
 from ftp_assets.steps.data_path import TrainingDataset
-from ftp_assets.steps.fine_tune import FineTunedModel, fine_tune
+from ftp_assets.steps.fine_tune import FineTunedModel, FineTuneOptions, ProviderTrainer, Trainer, fine_tune
+from ftp_assets.training.self_hosted import SelfHostedTrainer
 
 
 @asset(
     partitions_def=task_partitions,
     group_name="training",
-    kinds={"openai", "mlflow"},
+    kinds={"openai", "pytorch", "mlflow"},
     pool="fine_tuning",
-    description="The task's model fine-tuned on training_jsonl (one paid job per dataset, found "
-    "again on retries), registered in MLflow as challenger.",
+    description="The task's model fine-tuned on training_jsonl by OpenAI or the self-hosted LoRA trainer "
+    "(one job per dataset, found again on retries), registered in MLflow as challenger.",
 )
 def fine_tuned_model(
     context: AssetExecutionContext,
     training_jsonl: TrainingDataset,
     openai: OpenAIResource,
     fine_tuning: FineTuningSettings,
+    self_hosted_training: SelfHostedTraining,
     mlflow: MlflowResource,
     posts_db: PostsDatabaseResource,
     dataset_storage: DatasetStorage,
 ) -> Output[FineTunedModel]:
-    options = fine_tuning.fine_tune_options(context.partition_key)
+    task = context.partition_key
     # A retry in another pod fetches the files that training_jsonl left in shared storage.
     shared = training_jsonl.shared_folder
     dataset = replace(
@@ -43,17 +54,22 @@ def fine_tuned_model(
         validation_path=training_jsonl.validation_path
         and dataset_storage.local_file(training_jsonl.validation_path, shared),
     )
-    with openai.get_client(context) as client, mlflow.errors():
+    jobs = posts_db.fine_tuning_jobs()
+
+    @contextmanager
+    def chosen_trainer() -> Iterator[tuple[Trainer, FineTuneOptions]]:
+        if fine_tuning.provider == "self_hosted":
+            options = self_hosted_training.fine_tune_options(fine_tuning)
+            local_folder = dataset_storage.folder(task, context.run.run_id)
+            yield SelfHostedTrainer(context, self_hosted_training, dataset, shared, jobs, local_folder), options
+        else:
+            options = fine_tuning.fine_tune_options(task)
+            with openai.get_client(context) as client:
+                yield ProviderTrainer(OpenAIFineTuningProvider(client), jobs, options, context.log.info), options
+
+    with chosen_trainer() as (trainer, options), mlflow.errors():
         try:
-            trained = fine_tune(
-                OpenAIFineTuningProvider(client),
-                mlflow.client(),
-                dataset,
-                options,
-                jobs=posts_db.fine_tuning_jobs(),
-                dagster_run_id=context.run.run_id,
-                log=context.log.info,
-            )
+            trained = fine_tune(trainer, mlflow.client(), dataset, options, dagster_run_id=context.run.run_id)
         except FineTuningError as error:
             raise Failure(str(error)) from None
     model, result = trained.model, trained.result
@@ -73,5 +89,6 @@ def fine_tuned_model(
         "mlflow_run_id": model.mlflow_run_id,
         "mlflow_tracking_uri": redacted(mlflow.resolved_uri()),
         "registry_version": model.registry_version,
+        **result.registry_tags,
     }
     return Output(model, metadata={key: value for key, value in metadata.items() if value is not None})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +40,9 @@ class FineTuneRequest:
     batch_size: Auto | int = "auto"
     learning_rate_multiplier: Auto | float = "auto"
     seed: int | None = None
+    # A trainer's own hyperparameters (the self-hosted trainer's LoRA rank, learning rate, ...): part
+    # of the key when present. Empty for OpenAI, whose keys therefore stay as they were.
+    extra_hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     dagster_run_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -52,6 +55,7 @@ class FineTuneRequest:
     def hyperparameters(self) -> dict[str, Any]:
         """The requested hyperparameters, "auto" where the provider chooses."""
         return {
+            **self.extra_hyperparameters,
             "n_epochs": self.n_epochs,
             "batch_size": self.batch_size,
             "learning_rate_multiplier": (
@@ -134,6 +138,16 @@ class FineTuneResult:
     duration_s: float
     # The hyperparameters the job trained with, as the provider reports them.
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    # A folder of files that make up the model (a self-hosted adapter and its manifest), logged
+    # with the MLflow run and the source of the registered version; None when the provider keeps
+    # the model (OpenAI).
+    artifacts_dir: Path | None = None
+    # What the job cost when the provider measures it otherwise than by billed tokens (the
+    # self-hosted trainer: GPU time at the configured price); None: trained tokens at the price.
+    cost_usd: float | None = None
+    # What the registered version must say about the model besides the common tags (the base
+    # and its revision a self-hosted adapter needs).
+    registry_tags: Mapping[str, str] = field(default_factory=dict)
 
 
 class FineTuningProvider(Protocol):
