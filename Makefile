@@ -1,12 +1,16 @@
-# The two commands of the README: `make demo` and `make test`. Both create .venv on first use
-# and reinstall it when pyproject.toml changes. `make check` runs the linters and type checker.
+# The two commands of the README: `make demo` and `make test`; `make ui` after the demo. Each creates
+# .venv on first use and reinstalls it when pyproject.toml changes. `make check` runs the linters and type checker.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test check benchmark lock
+.PHONY: demo ui test check benchmark lock
 demo: $(INSTALLED)
-	$(VENV)/bin/ftp demo
+	$(VENV)/bin/ftp-assets demo
+
+# What the demo leaves, in the browser: the Dagster UI with its daemon, the MLflow UI, the local service.
+ui: $(INSTALLED)
+	$(VENV)/bin/ftp-assets ui
 
 test: $(INSTALLED)
 	$(VENV)/bin/pytest

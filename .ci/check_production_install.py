@@ -36,11 +36,11 @@ for module in ("ftp_local_openai", "ftp_demo", "ftp_trainer", "torch", "transfor
         pass
 print("no training library is installed with the product (torch, transformers, peft, trl, ftp_trainer)")
 
-demo = subprocess.run(["ftp", "demo"], capture_output=True, text=True)
+demo = subprocess.run(["ftp-assets", "demo"], capture_output=True, text=True)
 if demo.returncode == 0 or "pip install -e '.[local]'" not in demo.stderr:
-    problems.append(f"`ftp demo` without the local extra did not say how to install it: {demo.stderr.strip()!r}")
+    problems.append(f"`ftp-assets demo` without the local extra did not say how to install it: {demo.stderr.strip()!r}")
 else:
-    print(f"ftp demo without the extra: {demo.stderr.strip()}")
+    print(f"ftp-assets demo without the extra: {demo.stderr.strip()}")
 
 # MLflow's client package (mlflow-skinny) depends on FastAPI and uvicorn for its own server, so
 # they are in the image through MLflow, not through anything of ours: say so.

@@ -1,4 +1,4 @@
-"""``ftp``: the front door to the project's embedded defaults and its operations."""
+"""``ftp-assets``: the front door to the project's embedded defaults and its operations."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _from_local_extra(module: str, command: str) -> ModuleType:
     missing = missing_requirements(LOCAL_EXTRA)
     if missing or importlib.util.find_spec(module.split(".")[0]) is None:
         raise UserError(
-            f"`ftp {command}` needs the project's local extra ({', '.join(missing) or module} missing): "
+            f"`ftp-assets {command}` needs the project's local extra ({', '.join(missing) or module} missing): "
             "run `pip install -e '.[local]'` in the project's folder (`make demo` does)."
         )
     return importlib.import_module(module)
@@ -148,6 +148,16 @@ def cmd_rollback(args: argparse.Namespace) -> None:
         print(rollback_champion_of(mlflow.client(), experiments, args.task, now=datetime.now(UTC)))
 
 
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from ftp_assets.doctor import doctor, format_line, has_failure
+
+    checks = doctor()
+    for check in checks:
+        print(format_line(check), flush=True)
+    if has_failure(checks):
+        sys.exit(1)
+
+
 def cmd_ui(args: argparse.Namespace) -> None:
     _from_local_extra("ftp_demo.ui", "ui").serve_uis(
         dagster_port=args.dagster_port, mlflow_port=args.mlflow_port, openai_port=args.openai_port
@@ -156,7 +166,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ftp",
+        prog="ftp-assets",
         description="Continuous fine-tuning of the Threads agent's models. Embedded state lives "
         "in FTP_HOME (default ~/.ftp_assets); FTP_POSTS_DB_URL selects the posts database.",
     )
@@ -205,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--task", required=True, choices=TASKS)
     back.set_defaults(func=cmd_rollback)
 
+    check = commands.add_parser("doctor", help="check the configuration and every part it names, one line each")
+    check.set_defaults(func=cmd_doctor)
+
     ui = commands.add_parser("ui", help="serve the Dagster UI (with its daemon) and the MLflow UI over FTP_HOME")
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
@@ -234,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_user_error(error):
             raise
-        print(f"ftp: {error}", file=sys.stderr)
+        print(f"ftp-assets: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -23,7 +23,7 @@ from ftp_assets.settings import DeploymentSettings
 
 def openai_resource(settings: DeploymentSettings) -> OpenAIResource:
     """OpenAI when OPENAI_API_KEY is set (OPENAI_BASE_URL may point at another compatible API);
-    the local service of `ftp local-openai` otherwise (local deployments only)."""
+    the local service of `ftp-assets local-openai` otherwise (local deployments only)."""
     if settings.has("OPENAI_API_KEY"):
         # EnvVars: their values never show in Dagster's config display.
         base_url = EnvVar("OPENAI_BASE_URL") if settings.openai_base_url else None
@@ -57,7 +57,11 @@ def shared_resources(settings: DeploymentSettings) -> Definitions:
         ),
         "dataset_storage": DatasetStorage(root=settings.datasets_dir, shared_url=settings.storage_url),
         "openai": openai_resource(settings),
-        "fine_tuning": FineTuningSettings(provider=settings.provider),
+        "fine_tuning": FineTuningSettings(
+            provider=settings.provider,
+            # The local service not answering was never started: fail at once rather than wait.
+            fail_fast_when_unreachable=not settings.production and not settings.has("OPENAI_API_KEY"),
+        ),
         "self_hosted_training": self_hosted_training(settings),
         "mlflow": MlflowResource(
             tracking_uri=EnvVar("MLFLOW_TRACKING_URI") if settings.has("MLFLOW_TRACKING_URI") else ""

@@ -1,4 +1,4 @@
-"""Errors a user can cause and fix; ``ftp`` prints them as one sentence, not a traceback."""
+"""Errors a user can cause and fix; ``ftp-assets`` prints them as one sentence, not a traceback."""
 
 from __future__ import annotations
 

@@ -107,10 +107,15 @@ class DatasetStorage(ConfigurableResource):
         return str(local)
 
 
-# The local OpenAI-compatible service (`ftp local-openai`) is the embedded default provider.
+# The local OpenAI-compatible service (`ftp-assets local-openai`) is the embedded default provider.
 LOCAL_OPENAI_PORT = 8765
 LOCAL_OPENAI_BASE_URL = f"http://127.0.0.1:{LOCAL_OPENAI_PORT}/v1"
 LOCAL_OPENAI_API_KEY = "sk-local-ftp"
+LOCAL_SERVICE_DOWN = (
+    "Nothing answers at the fine-tuning provider's address (without OPENAI_API_KEY, the local "
+    "OpenAI-compatible service): start it with `make ui` or `.venv/bin/ftp-assets local-openai`, "
+    "or set OPENAI_API_KEY, then materialize again."
+)
 
 
 class FineTuningSettings(ConfigurableResource):
@@ -133,6 +138,9 @@ class FineTuningSettings(ConfigurableResource):
     timeout_hours: float = 24.0
     poll_initial_seconds: float = 5.0
     poll_max_seconds: float = 60.0
+    # The local profile's provider is the local service, which nobody starts while a step waits:
+    # not answering fails the step at once. Production waits out a provider's outages.
+    fail_fast_when_unreachable: bool = False
 
     def base_model(self, task: str) -> str:
         return self.hook_base_model if task == "hook" else self.body_base_model
@@ -160,6 +168,7 @@ class FineTuningSettings(ConfigurableResource):
             timeout_s=self.timeout_hours * 3600,
             poll_initial_s=self.poll_initial_seconds,
             poll_max_s=self.poll_max_seconds,
+            unreachable_hint=LOCAL_SERVICE_DOWN if self.fail_fast_when_unreachable else None,
         )
 
 

@@ -125,7 +125,7 @@ class DeploymentSettings(BaseSettings):
         return secret in self._secrets_set
 
     def secret_value(self, secret: str) -> str:
-        """The secret's value, read at the moment of use (for the ``ftp`` command, outside Dagster)."""
+        """The secret's value, read at the moment of use (for the ``ftp-assets`` command, outside Dagster)."""
         return os.environ.get(secret, "") if self.has(secret) else ""
 
     @property

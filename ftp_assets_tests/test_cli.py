@@ -1,4 +1,4 @@
-"""The `ftp` front door: help, and errors a user can cause said in one sentence."""
+"""The `ftp-assets` front door: help, and errors a user can cause said in one sentence."""
 
 import subprocess
 import sys
@@ -19,20 +19,20 @@ def test_help_lists_every_command():
 @pytest.mark.parametrize(
     "url, message",
     [
-        ("not a url", "ftp: FTP_POSTS_DB_URL is not a valid SQLAlchemy URL"),
+        ("not a url", "ftp-assets: FTP_POSTS_DB_URL is not a valid SQLAlchemy URL"),
         (
             "postgresql://agent:hunter2@127.0.0.1:1/posts",
-            "ftp: Cannot connect to the posts database at postgresql+psycopg://127.0.0.1:1/posts:",
+            "ftp-assets: Cannot connect to the posts database at postgresql+psycopg://127.0.0.1:1/posts:",
         ),
         # libpq takes the password from the query too.
         (
             "postgresql://agent@127.0.0.1:1/posts?password=hunter2&sslmode=disable",
-            "ftp: Cannot connect to the posts database at postgresql+psycopg://127.0.0.1:1/posts:",
+            "ftp-assets: Cannot connect to the posts database at postgresql+psycopg://127.0.0.1:1/posts:",
         ),
         # An unencoded "@" in the password: the user's part ends at the last one.
         (
             "postgresql://agent:hunter2@hunter2@127.0.0.1:1/posts",
-            "ftp: Cannot connect to the posts database at postgresql+psycopg://127.0.0.1:1/posts:",
+            "ftp-assets: Cannot connect to the posts database at postgresql+psycopg://127.0.0.1:1/posts:",
         ),
     ],
 )
@@ -79,5 +79,18 @@ def test_a_command_of_the_local_extra_says_how_to_install_it(monkeypatch, capsys
     monkeypatch.setattr(cli.metadata, "requires", lambda name: ['ftp-no-such-package>=1; extra == "local"'])
     assert main(["demo"]) == 1
     err = capsys.readouterr().err
-    assert "`ftp demo` needs the project's local extra (ftp-no-such-package missing)" in err
+    assert "`ftp-assets demo` needs the project's local extra (ftp-no-such-package missing)" in err
     assert "pip install -e '.[local]'" in err
+
+
+def test_the_next_steps_the_demo_prints_are_commands_that_exist():
+    """`make demo` ends with `make ui` and paths into the virtualenv, not bare names that are not on
+    the PATH (or, for `ftp`, another program)."""
+    from pathlib import Path
+
+    from ftp_demo.cycle import installed_command
+
+    for name in ("ftp-assets", "mlflow"):
+        assert Path(installed_command(name)).is_file(), installed_command(name)
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "\nui: $(INSTALLED)\n\t$(VENV)/bin/ftp-assets ui\n" in makefile

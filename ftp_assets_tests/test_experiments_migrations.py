@@ -220,7 +220,7 @@ def test_the_running_index_allows_one_running_experiment_per_task(engine):
 
 
 def test_the_printed_sql_builds_the_schema_at_head(engine):
-    """`ftp db init --print-sql` is for a DBA to apply by hand; the product then finds it current."""
+    """`ftp-assets db init --print-sql` is for a DBA to apply by hand; the product then finds it current."""
     store = ExperimentStore(engine)
     script = store.schema_sql()
     assert "CREATE TABLE ftp_experiments" in script and "ux_ftp_experiments_running_task" in script

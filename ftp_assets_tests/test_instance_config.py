@@ -244,7 +244,7 @@ def test_monitoring_on_and_telemetry_off(any_instance: DagsterInstance) -> None:
 
 
 def test_packaged_local_config_is_the_top_level_one() -> None:
-    """`ftp` writes the packaged copy into $FTP_HOME/dagster; it must not drift from the file
+    """`ftp-assets` writes the packaged copy into $FTP_HOME/dagster; it must not drift from the file
     the tests above exercise (and `dagster dev` in the project folder reads)."""
     packaged = files("ftp_assets").joinpath("dagster_local.yaml").read_text()
     assert packaged == LOCAL_CONFIG.read_text()

@@ -609,7 +609,7 @@ def ftp_local_openai(tmp_path: Path, port: int, *options: str) -> list[str]:
 
 
 def serve_alone(tmp_path: Path, port: int, max_upload_bytes: int) -> list[str]:
-    """The service in a process of its own, without the seconds that ``ftp``'s imports take."""
+    """The service in a process of its own, without the seconds that ``ftp-assets``'s imports take."""
     code = (
         "import os, sys; from pathlib import Path; from ftp_local_openai import API_KEY_ENV, serve; "
         "serve('127.0.0.1', int(sys.argv[1]), Path(sys.argv[2]), os.environ[API_KEY_ENV], int(sys.argv[3]))"
@@ -677,7 +677,7 @@ def test_the_command_refuses_a_host_reachable_from_other_machines_without_a_key_
     assert exit_codes == [1]
     assert capsys.readouterr() == (
         "",
-        f"ftp: --host {host} is reachable from other machines, so the service needs a key of its own: "
+        f"ftp-assets: --host {host} is reachable from other machines, so the service needs a key of its own: "
         f"set {API_KEY_ENV} (or pass --api-key).\n",
     )
 

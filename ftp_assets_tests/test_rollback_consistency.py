@@ -1,7 +1,7 @@
 """A rollback leaves the experiments table, the registry's aliases and what the agent serves
 consistent, and a promotion moves ``champion`` only to the challenger that was tested: on the
 session's MLflow tracking server and PostgreSQL, through the step, ``rollback_job`` and
-``ftp rollback``."""
+``ftp-assets rollback``."""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,9 +26,10 @@ from ftp_assets.adapters.mlflow_registry import (
     register_challenger,
 )
 from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window
-from ftp_assets.adapters.providers.base import BudgetExceeded
+from ftp_assets.adapters.providers.base import BudgetExceeded, FineTuneRequest, FineTuningTimeout, ProviderUnreachable
 from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider
 from ftp_assets.domain.chat_format import auto_n_epochs
+from ftp_assets.resources import LOCAL_SERVICE_DOWN
 from ftp_assets.steps.data_path import DatasetOptions, TrainingDataset, build_training_files, collect_engaged_posts
 from ftp_assets.steps.experiment import (
     AbTestResult,
@@ -510,3 +513,54 @@ def test_a_decision_on_an_experiment_closed_otherwise_is_not_applied(registry, s
     with pytest.raises(ExperimentError, match=f"^Experiment {second} is rejected, so its 'promote' decision"):
         apply_decision(registry, store, final_result(store, second, "promote", "a stale evaluation"))
     assert "decision" not in registry.get_model_version(model_name("hook"), one.registry_version).tags
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the socket is: nothing listens there
+
+
+def test_an_unstarted_local_service_fails_the_step_at_once_saying_how_to_start_it(dataset, tmp_path, job_records):
+    api = openai.OpenAI(base_url=f"http://127.0.0.1:{_closed_port()}/v1", api_key="sk-local-ftp", max_retries=0)
+    opts = options(unreachable_hint=LOCAL_SERVICE_DOWN, timeout_s=3600.0, poll_initial_s=5.0)
+    started = time.monotonic()
+    with pytest.raises(ProviderUnreachable, match=r"start it with `make ui`"):
+        fine_tune(
+            ProviderTrainer(OpenAIFineTuningProvider(api), job_records, opts, [].append),
+            local_registry(tmp_path),
+            dataset,
+            opts,
+            dagster_run_id="r",
+        )
+    # No backoff was entered (its first wait alone is 5 s), and no intent is left to resolve.
+    assert time.monotonic() - started < 5
+    assert job_records.get(_request_key(dataset, opts)) is None
+
+
+def test_without_the_hint_an_unreachable_provider_is_waited_for_until_the_deadline(dataset, tmp_path, job_records):
+    """Production keeps the patient retries: a provider's outage may end."""
+    api = openai.OpenAI(base_url=f"http://127.0.0.1:{_closed_port()}/v1", api_key="sk-x", max_retries=0)
+    opts = options(timeout_s=1.0, poll_initial_s=0.2, poll_max_s=0.2)
+    logs: list[str] = []
+    with pytest.raises(FineTuningTimeout, match="stayed unavailable"):
+        fine_tune(
+            ProviderTrainer(OpenAIFineTuningProvider(api), job_records, opts, logs.append),
+            local_registry(tmp_path),
+            dataset,
+            opts,
+            dagster_run_id="r",
+        )
+    assert sum("unavailable while submitting" in line for line in logs) >= 2
+
+
+def _request_key(dataset: TrainingDataset, opts: FineTuneOptions) -> str:
+    return FineTuneRequest(
+        task=dataset.task,
+        dataset_hash=dataset.dataset_hash,
+        training_file=Path(dataset.training_path),
+        base_model=opts.base_model,
+        suffix=f"threads-{dataset.task}",
+        n_epochs=opts.n_epochs,
+        seed=opts.seed,
+    ).idempotency_key

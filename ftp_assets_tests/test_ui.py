@@ -1,4 +1,4 @@
-"""`ftp ui` serves the Dagster UI (with its daemon), the MLflow UI and the local service over
+"""`ftp-assets ui` serves the Dagster UI (with its daemon), the MLflow UI and the local service over
 FTP_HOME, and stops all of them on Ctrl-C."""
 
 import os
@@ -49,7 +49,7 @@ def test_ui_serves_the_three_services_and_stops_them_on_ctrl_c(tmp_path):
     ports = {name: _free_port() for name in ("dagster", "mlflow", "openai")}
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "MLFLOW_TRACKING_URI")}
     command = [
-        str(Path(sys.executable).with_name("ftp")),
+        str(Path(sys.executable).with_name("ftp-assets")),
         "ui",
         "--dagster-port",
         str(ports["dagster"]),

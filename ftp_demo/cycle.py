@@ -1,4 +1,4 @@
-"""``ftp demo``: a whole weekly cycle on the embedded defaults, with synthetic data.
+"""``ftp-assets demo``: a whole weekly cycle on the embedded defaults, with synthetic data.
 
 1. Synthetic posts (see :mod:`ftp_demo.posts`) in a demo posts database under
    FTP_HOME, recreated on every run, so the demo never writes to a database the user configured.
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.domain.dataset import TASKS
-from ftp_assets.home import ftp_home, home_path
+from ftp_assets.home import ftp_home, home_path, installed_command
 from ftp_demo.posts import SYNTHETIC_DATA_NOTICE, generate_demo_posts
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ def run_demo(*, posts: int, seed: int | None, posts_per_day: int = 600) -> None:
     started = time.monotonic()
     if seed is None:
         seed = random.SystemRandom().randrange(1, 10_000)
-    print(f"Seed {seed} (`ftp demo --seed {seed}` repeats this run's data and simulation in a fresh FTP_HOME).")
+    repeat = f"{installed_command('ftp-assets')} demo --seed {seed}"
+    print(f"Seed {seed} (`{repeat}` repeats this run's data and simulation in a fresh FTP_HOME).")
     ignored = [name for name in PRODUCTION_SETTINGS if os.environ.pop(name, None)]
     if ignored:
         print(f"The demo uses the embedded defaults only; ignoring {', '.join(ignored)}.")
@@ -93,10 +94,14 @@ def run_demo(*, posts: int, seed: int | None, posts_per_day: int = 600) -> None:
 
     _say(f"Done in {time.monotonic() - started:.0f} s")
     print(f"State: {home}  (wipe it to start over)")
-    print("Dagster UI (runs, asset metadata, the A/B table and lift plot): `ftp ui`")
     print(
-        f"MLflow UI (runs of fine_tuning_pipeline, registry aliases): `ftp ui`, or "
-        f"`mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'}`"
+        "Next: `make ui` (or `" + installed_command("ftp-assets") + " ui`) serves the Dagster UI (runs, asset "
+        "metadata, the A/B table and lift plot) and the MLflow UI (runs of fine_tuning_pipeline, registry aliases)."
+    )
+    print(
+        "The MLflow UI alone: `"
+        + installed_command("mlflow")
+        + f" ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'}`"
     )
 
 
@@ -120,7 +125,7 @@ def _run_cycle(db: PostsDatabase, service, *, seed: int, posts_per_day: int) -> 
             tags={"ftp/fine-tune-task": task},
         )
         if not result.success:
-            raise SystemExit(f"The {task} training run {result.run_id} failed; see the log above or `ftp ui`.")
+            raise SystemExit(f"The {task} training run {result.run_id} failed; see the log above or `make ui`.")
         dataset = result.output_for_node("training_jsonl")
         model = result.output_for_node("fine_tuned_model")
         started = result.output_for_node("ab_experiment")
@@ -175,7 +180,7 @@ def _run_cycle(db: PostsDatabase, service, *, seed: int, posts_per_day: int) -> 
                 run_config={"ops": {"ab_test_result": {"config": {"evaluated_at": look.isoformat()}}}} | QUIET_LOGS,
             )
             if not run.success:
-                raise SystemExit(f"The {task} evaluation run {run.run_id} failed; see the log above or `ftp ui`.")
+                raise SystemExit(f"The {task} evaluation run {run.run_id} failed; see the log above or `make ui`.")
             outcome = run.output_for_node("ab_test_result")
             stats = outcome.statistics
             print(

@@ -1,4 +1,4 @@
-"""``ftp ui``: the Dagster UI with its daemon, the MLflow UI, and (unless OPENAI_API_KEY is set)
+"""``ftp-assets ui``: the Dagster UI with its daemon, the MLflow UI, and (unless OPENAI_API_KEY is set)
 the local OpenAI-compatible service, all over the state in FTP_HOME, until Ctrl-C."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def serve_uis(*, dagster_port: int, mlflow_port: int, openai_port: int = LOCAL_O
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     envs = {name: env for name in commands}
     if not os.environ.get("OPENAI_API_KEY"):
-        commands["local OpenAI"] = [_bin("ftp"), "local-openai", "--port", str(openai_port)]
+        commands["local OpenAI"] = [_bin("ftp-assets"), "local-openai", "--port", str(openai_port)]
         # The key the code location sends when OPENAI_API_KEY is unset, whatever the shell has set.
         envs["local OpenAI"] = {**env, API_KEY_ENV: LOCAL_OPENAI_API_KEY}
     # Each child in its own session: Ctrl-C reaches this process only, which then stops them in

@@ -38,7 +38,7 @@ shows them, ``DELETE`` clears them): 429s with ``retry-after``/``retry-after-ms`
 latency, a next job that fails halfway through its steps with a ``server_error``, and job
 ``metadata`` ignored on create and list, as some OpenAI-compatible APIs do.
 
-Injected latency is at most 30 s, and a shutdown cuts it short. ``ftp local-openai`` serves with
+Injected latency is at most 30 s, and a shutdown cuts it short. ``ftp-assets local-openai`` serves with
 the key of ``--api-key`` or ``FTP_LOCAL_OPENAI_API_KEY`` (:data:`API_KEY_ENV`), and with the
 well-known local default on a loopback host only.
 

@@ -1,4 +1,4 @@
-"""Running the service: blocking for the ``ftp local-openai`` command, or on a background thread
+"""Running the service: blocking for the ``ftp-assets local-openai`` command, or on a background thread
 for tests and the demo."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .app import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_STEP_SECONDS, create_app
 from .faults import FaultController
 
 STARTUP_TIMEOUT_SECONDS = 10.0
-API_KEY_ENV = "FTP_LOCAL_OPENAI_API_KEY"  # where `ftp local-openai` takes its key from
+API_KEY_ENV = "FTP_LOCAL_OPENAI_API_KEY"  # where `ftp-assets local-openai` takes its key from
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Not Alembic's default alembic_version: the agent's database may keep its own.
 VERSION_TABLE = "ftp_alembic_version"
 BASELINE_REVISION = "0001"
+# The table of the job records (fine_tuning_jobs.py), created by revision 0002.
+FINE_TUNING_JOBS_TABLE = "ftp_fine_tuning_jobs"
 # The columns the table had when ``create_all`` made it, i.e. what the baseline revision creates.
 # Frozen: a table holding them is stamped at the baseline; later columns come by migrations.
 BASELINE_COLUMNS = (
@@ -133,8 +135,8 @@ def _stamp_pre_migration_table(conn: Connection) -> None:
     if missing:
         raise ExperimentsSchemaError(
             f"The table {experiments.name!r} exists without the migration version table {VERSION_TABLE!r} "
-            f"and lacks the baseline's columns {', '.join(missing)}, so it is not one `ftp db init` created; "
-            "rename or fix it, then run `ftp db init` again."
+            f"and lacks the baseline's columns {', '.join(missing)}, so it is not one `ftp-assets db init` created; "
+            "rename or fix it, then run `ftp-assets db init` again."
         )
     command.stamp(migrations_config(connection=conn), BASELINE_REVISION)
 
@@ -161,7 +163,7 @@ class ExperimentStore:
     def schema_sql(self) -> str:
         """The migrations from an empty database to the latest revision as SQL for this
         database's dialect, version table included (Alembic's offline ``--sql`` mode): what
-        `ftp db init` would run on a fresh database, for a DBA to review or apply."""
+        `ftp-assets db init` would run on a fresh database, for a DBA to review or apply."""
         output = io.StringIO()
         with _alembic_in_use:
             command.upgrade(
@@ -178,6 +180,18 @@ class ExperimentStore:
     def head_revision() -> str | None:
         """The latest revision of the migrations this code ships."""
         return ScriptDirectory.from_config(migrations_config()).get_current_head()
+
+    @staticmethod
+    def known_revisions() -> set[str]:
+        """Every revision of the migrations this code ships."""
+        return {script.revision for script in ScriptDirectory.from_config(migrations_config()).walk_revisions()}
+
+    def missing_tables(self) -> list[str]:
+        """Our tables (and the migrations' version table) that the database lacks; read only."""
+        inspector = sa.inspect(self.engine)
+        return [
+            name for name in (experiments.name, FINE_TUNING_JOBS_TABLE, VERSION_TABLE) if not inspector.has_table(name)
+        ]
 
     def running(self, task: str) -> Experiment | None:
         with self.engine.connect() as conn:

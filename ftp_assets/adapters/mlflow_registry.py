@@ -1,6 +1,6 @@
 """The MLflow side of the pipeline: the fine-tuning run, the model registry, its aliases, rollback.
 
-No Dagster here: the assets, ``ftp rollback`` and a notebook call the same functions with an
+No Dagster here: the assets, ``ftp-assets rollback`` and a notebook call the same functions with an
 ``MlflowClient(tracking_uri=..., registry_uri=...)``. Nothing uses MLflow's process-global tracking
 URI, because the tasks of several runs may share one process.
 
@@ -313,6 +313,39 @@ def _rollback_aliases(client: MlflowClient, name: str) -> tuple[str, str]:
             "remove the aliases in the MLflow UI."
         )
     return current_champion, previous_champion
+
+
+def alias_problems(
+    client: MlflowClient, task: str, *, running_champion: str | None, running_challenger: str | None, agent_model: str
+) -> list[str]:
+    """How the task's registry aliases disagree with its running experiment (``running_*`` the
+    experiment's champion and challenger model ids; None without one): the version aliased
+    ``challenger`` must hold the challenger, the one aliased ``champion`` the champion (before any
+    promotion, the champion is ``agent_model``), and no version may be both. Reads only."""
+    name = model_name(task)
+    aliases = _aliases(client, name)
+    problems = []
+    if aliases.get(CHAMPION) is not None and aliases.get(CHAMPION) == aliases.get(CHALLENGER):
+        problems.append(f"{name} version {aliases[CHAMPION]} is aliased both {CHAMPION} and {CHALLENGER}")
+    if running_challenger is None:
+        return problems
+
+    def model_of(alias: str) -> str | None:
+        version = aliases.get(alias)
+        return None if version is None else client.get_model_version(name, version).tags.get("provider_model_id")
+
+    challenger = model_of(CHALLENGER)
+    if challenger != running_challenger:
+        problems.append(
+            f"the running experiment tests {running_challenger} but {name}'s {CHALLENGER} alias holds "
+            f"{challenger or 'no model'}"
+        )
+    champion_model = model_of(CHAMPION) if CHAMPION in aliases else agent_model
+    if running_champion != champion_model:
+        problems.append(
+            f"the running experiment's champion is {running_champion} but {name}'s champion is {champion_model}"
+        )
+    return problems
 
 
 def _refuse_untested(target: ModelVersion, aliases: Mapping[str, str], tested_model: str) -> None:

@@ -1,7 +1,7 @@
 """The agent's posts database through SQLAlchemy: one code path for PostgreSQL and SQLite.
 
 We only ever read the agent's posts, inside read-only transactions, and stream them; the schema
-here is the data contract (docs/data-contract.md), used by ``ftp db init`` and the demo to create it.
+here is the data contract (docs/data-contract.md), used by ``ftp-assets db init`` and the demo to create it.
 Every query is built here once; only the bulk read of the selection travels differently on
 PostgreSQL, through ADBC's driver, so that a million rows arrive as Arrow without Python objects.
 """
@@ -220,7 +220,7 @@ class PostsDatabase:
         if self.table.name not in names:
             raise PostsDatabaseError(
                 f"The posts relation {self.table.name!r} does not exist in {redacted(self.url)}; "
-                "run `ftp db init` or create a view with the contract's columns (see docs/data-contract.md)."
+                "run `ftp-assets db init` or create a view with the contract's columns (see docs/data-contract.md)."
             )
         columns = {column["name"] for column in inspector.get_columns(self.table.name)}
         missing = [c for c in POSTS_COLUMNS if c not in columns]
@@ -228,6 +228,90 @@ class PostsDatabase:
             raise PostsDatabaseError(
                 f"The posts relation {self.table.name!r} lacks the contract's columns {', '.join(missing)}."
             )
+
+    def relation_kind(self) -> str | None:
+        """``"table"``, ``"view"``, or None when the posts relation does not exist."""
+        inspector = sa.inspect(self.engine)
+        if self.table.name in inspector.get_table_names():
+            return "table"
+        if self.table.name in inspector.get_view_names():
+            return "view"
+        return None
+
+    def contract_problems(self) -> list[str]:
+        """What the relation lacks of the contract (this module's ``posts_table``): each missing
+        column, and each column whose type is not of the contract's kind (integer, text,
+        timestamp). A type the database does not report (a SQLite view's expression) passes."""
+        reflected = {column["name"]: column["type"] for column in sa.inspect(self.engine).get_columns(self.table.name)}
+        problems = [f"no column {name}" for name in POSTS_COLUMNS if name not in reflected]
+        for name in POSTS_COLUMNS:
+            found = reflected.get(name)
+            if found is None or isinstance(found, sa.types.NullType):
+                continue
+            expected = self.table.c[name].type
+            kind = next(k for k in (sa.Integer, sa.DateTime, sa.String) if isinstance(_impl(expected), k))
+            if not isinstance(found, kind):
+                problems.append(f"{name} is {found}, not {kind.__name__.lower()}")
+            elif kind is sa.DateTime and self.is_postgres and not getattr(found, "timezone", False):
+                problems.append(f"{name} is {found}, not timestamp with time zone")
+        return problems
+
+    def plan_of(self, query: sa.Select) -> list[str]:
+        """The database's plan of ``query``, one line per node, in a read-only transaction:
+        PostgreSQL's ``EXPLAIN`` with sequential scans discouraged (so the plan shows whether an
+        index can serve the query, whatever the table's size today), SQLite's ``EXPLAIN QUERY
+        PLAN``. A view's plan is of the tables under it."""
+        sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
+        with self.read_only() as conn:
+            if self.is_postgres:
+                conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                return [row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql)]
+            return [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+
+    def time_index_in_plan(self, query: sa.Select) -> tuple[str | None, list[str]]:
+        """The index the plan of ``query`` (a selection of a window) searches by a range of the
+        creation time, with the plan; None when it reads the rows without one."""
+        plan = self.plan_of(query)
+        if self.is_postgres:
+            index_names = []
+            for number, line in enumerate(plan):
+                found = re.search(r"Index (?:Only )?Scan(?: Backward)? using (\S+) on|Bitmap Index Scan on (\S+)", line)
+                if found:
+                    index_names.append((found.group(1) or found.group(2), number))
+            for name, number in index_names:
+                leading = self._leading_column(name)
+                conditions = " ".join(line for line in plan[number + 1 : number + 3] if "Index Cond" in line)
+                if leading and re.search(rf"\(?{re.escape(leading)} >= '[^']*'::timestamp", conditions):
+                    return name, plan
+            return None, plan
+        for line in plan:
+            found = re.match(r"SEARCH \S+ USING (?:COVERING )?INDEX (\S+) \((\w+)>\? AND \2<\?\)", line)
+            if found:
+                return found.group(1), plan
+        return None, plan
+
+    def _leading_column(self, index: str) -> str | None:
+        """The first column of a PostgreSQL index, by its name."""
+        query = sa.text(
+            "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE c.relname = :name"
+        )
+        with self.read_only() as conn:
+            return conn.execute(query, {"name": index.strip('"')}).scalar()
+
+    def write_privileges(self) -> list[str] | None:
+        """The writes the connecting role may make on the posts relation (PostgreSQL's
+        ``has_table_privilege``); None on a database without roles (SQLite)."""
+        if not self.is_postgres:
+            return None
+        kinds = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+        relation = self.engine.dialect.identifier_preparer.quote(self.table.name)
+        query = sa.select(
+            *(sa.func.has_table_privilege(sa.func.current_user(), relation, kind).label(kind) for kind in kinds)
+        )
+        with self.read_only() as conn:
+            row = conn.execute(query).one()._asdict()
+        return [kind for kind in kinds if row[kind]]
 
     @contextmanager
     def read_only(self) -> Iterator[Connection]:
@@ -464,6 +548,11 @@ class PostsDatabase:
         )
         with self.read_only() as conn:
             return conn.execute(query).scalar()
+
+
+def _impl(kind: sa.types.TypeEngine) -> sa.types.TypeEngine:
+    """A decorated type's underlying type (``UTCDateTime`` is a ``DateTime``)."""
+    return kind.impl_instance if isinstance(kind, sa.TypeDecorator) else kind
 
 
 def _rebatched(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

@@ -1,5 +1,5 @@
 """The experiment's jobs: evaluate a task's running experiment, and roll a champion back.
-``ftp rollback`` calls the same :func:`ftp_assets.steps.experiment.rollback_champion_of` as
+``ftp-assets rollback`` calls the same :func:`ftp_assets.steps.experiment.rollback_champion_of` as
 ``rollback_job``."""
 
 from datetime import UTC, datetime

@@ -1,7 +1,7 @@
 """The challenger's live A/B experiment without Dagster: start it, evaluate it, apply a final
 decision to the MLflow registry and the experiments table, roll a promotion back.
 
-The experiment assets, the rollback job and ``ftp rollback`` call these functions with an
+The experiment assets, the rollback job and ``ftp-assets rollback`` call these functions with an
 ``MlflowClient``, the :class:`ExperimentStore` and the :class:`PostsDatabase`.
 """
 

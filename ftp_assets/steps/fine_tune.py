@@ -63,6 +63,9 @@ class FineTuneOptions:
     timeout_s: float
     poll_initial_s: float
     poll_max_s: float
+    # Set where a provider that does not answer at all will not start by itself (the local
+    # service): the step fails at once with this sentence instead of waiting out ``timeout_s``.
+    unreachable_hint: str | None = None
 
 
 class Trainer(Protocol):
@@ -100,6 +103,7 @@ class ProviderTrainer:
             timeout_s=self.options.timeout_s,
             poll_initial_s=self.options.poll_initial_s,
             poll_max_s=self.options.poll_max_s,
+            unreachable_hint=self.options.unreachable_hint,
         )
 
 

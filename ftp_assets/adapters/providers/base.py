@@ -249,7 +249,16 @@ class ProviderUnavailable(FineTuningError):
     the provider surely did nothing (a rate limit); a server error or a lost answer may hide a
     request that took effect."""
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None, not_applied: bool = False) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, not_applied: bool = False, unreachable: bool = False
+    ) -> None:
         self.retry_after_s = retry_after_s
         self.not_applied = not_applied
+        # Nothing answered at all (connection refused, no route): no request took effect.
+        self.unreachable = unreachable
         super().__init__(message)
+
+
+class ProviderUnreachable(FineTuningError):
+    """Nothing answers where the provider should be, and waiting cannot help (the local service
+    was never started): the step fails at once with how to start it."""

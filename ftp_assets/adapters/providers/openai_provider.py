@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
+import httpx2
 import openai
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 
@@ -178,7 +179,11 @@ class OpenAIFineTuningProvider:
                 not_applied=isinstance(error, openai.RateLimitError),
             ) from None
         except openai.APIConnectionError as error:
-            raise ProviderUnavailable(f"cannot reach the provider: {error.message}") from None
+            # The connection itself failed: nothing was sent, so nothing took effect.
+            unreachable = isinstance(error.__cause__, httpx2.ConnectError)
+            raise ProviderUnavailable(
+                f"cannot reach the provider: {error.message}", not_applied=unreachable, unreachable=unreachable
+            ) from None
         except openai.APIStatusError as error:
             code, message = self._code_and_message(error)
             raise FineTuningFailed(code=code, message=message, job_id=job_id) from None

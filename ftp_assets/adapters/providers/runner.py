@@ -27,6 +27,7 @@ from ftp_assets.adapters.providers.base import (
     FineTuningTimeout,
     JobEvent,
     ProviderUnavailable,
+    ProviderUnreachable,
     Submission,
 )
 
@@ -48,6 +49,7 @@ def run_fine_tune(
     timeout_s: float = 86_400,
     poll_initial_s: float = 5,
     poll_max_s: float = 60,
+    unreachable_hint: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> FineTuneResult:
@@ -57,7 +59,9 @@ def run_fine_tune(
     Raises :class:`BudgetExceeded` before anything is uploaded, :class:`FineTuningFailed` when the
     provider refuses the request or the job fails or is cancelled, :class:`FineTuningTimeout`
     after ``timeout_s``, :class:`FineTuningNeedsAttention` when a job may exist that neither the
-    record nor the provider can name. An interruption that is not an ``Exception``
+    record nor the provider can name. With ``unreachable_hint``, a provider that does not answer
+    at all while submitting raises :class:`ProviderUnreachable` with that hint at once instead of
+    waiting (the local service, which nobody will start while we wait). An interruption that is not an ``Exception``
     (KeyboardInterrupt, Dagster's run termination), during upload, creation or polling, cancels
     the job if one was created and is re-raised.
     """
@@ -66,7 +70,7 @@ def run_fine_tune(
     backoff = _Backoff(timeout_s, poll_initial_s, poll_max_s, sleep, clock)
     progress = _Progress()
     try:
-        submission = _submit(provider, request, jobs, log, backoff, progress)
+        submission = _submit(provider, request, jobs, log, backoff, progress, unreachable_hint)
         job = submission.job
         if submission.reattached:
             log(
@@ -129,12 +133,15 @@ def _submit(
     log: Log,
     backoff: _Backoff,
     progress: _Progress,
+    unreachable_hint: str | None,
 ) -> Submission:
     # Submitting again is safe: the record and the provider are asked before anything is created.
     while True:
         try:
             return _submit_once(provider, request, jobs, progress)
         except ProviderUnavailable as error:
+            if error.unreachable and unreachable_hint:
+                raise ProviderUnreachable(unreachable_hint) from None
             log(f"Fine-tuning provider unavailable while submitting, trying again: {error}")
             if not backoff.wait(error.retry_after_s):
                 raise FineTuningTimeout(job_id=None, timeout_s=backoff.timeout_s, last_status=None) from None
