@@ -23,7 +23,8 @@ WORKDIR /build
 # The trainer and its own dependency set only: the `train` extra (torch, transformers, peft, trl,
 # datasets, dagster-pipes, fsspec) and the `s3` extra (s3fs: datasets and adapters on
 # FTP_STORAGE_URL), read from pyproject.toml, then ftp_trainer without the project's own
-# dependencies (Dagster, MLflow, ...), which the trainer never imports. Resolved from pyproject.toml,
+# dependencies (Dagster, MLflow, ...), which the trainer never imports. The project's other
+# console script, ftp-assets, is installed too but cannot run here (its package is not copied). Resolved from pyproject.toml,
 # not from a hashed lock: deploy/requirements.lock covers the code location's image only.
 COPY pyproject.toml README.md ./
 COPY ftp_trainer ./ftp_trainer

@@ -60,7 +60,9 @@ def shared_resources(settings: DeploymentSettings) -> Definitions:
         "fine_tuning": FineTuningSettings(
             provider=settings.provider,
             # The local service not answering was never started: fail at once rather than wait.
-            fail_fast_when_unreachable=not settings.production and not settings.has("OPENAI_API_KEY"),
+            local_service_url=""
+            if settings.production or settings.has("OPENAI_API_KEY")
+            else settings.openai_base_url or LOCAL_OPENAI_BASE_URL,
         ),
         "self_hosted_training": self_hosted_training(settings),
         "mlflow": MlflowResource(

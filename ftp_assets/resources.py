@@ -12,7 +12,7 @@ from pydantic import Field, PrivateAttr
 from upath import UPath
 
 from ftp_assets.adapters.posts_db import PostsDatabase, redacted
-from ftp_assets.home import ftp_home, home_path
+from ftp_assets.home import ftp_home, home_path, installed_command
 from ftp_assets.steps.experiment import DecisionRule
 from ftp_assets.steps.fine_tune import FineTuneOptions
 
@@ -111,11 +111,15 @@ class DatasetStorage(ConfigurableResource):
 LOCAL_OPENAI_PORT = 8765
 LOCAL_OPENAI_BASE_URL = f"http://127.0.0.1:{LOCAL_OPENAI_PORT}/v1"
 LOCAL_OPENAI_API_KEY = "sk-local-ftp"
-LOCAL_SERVICE_DOWN = (
-    "Nothing answers at the fine-tuning provider's address (without OPENAI_API_KEY, the local "
-    "OpenAI-compatible service): start it with `make ui` or `.venv/bin/ftp-assets local-openai`, "
-    "or set OPENAI_API_KEY, then materialize again."
-)
+
+
+def local_service_down(base_url: str) -> str:
+    """What a step says when the local service (no OPENAI_API_KEY) does not answer."""
+    return (
+        f"Nothing answers at {base_url}, where the local OpenAI-compatible service should be (OPENAI_API_KEY "
+        f"is unset): start it with `{installed_command('ftp-assets')} local-openai` (`make ui` also starts it, "
+        "with the UIs), or set OPENAI_API_KEY; then materialize again."
+    )
 
 
 class FineTuningSettings(ConfigurableResource):
@@ -138,9 +142,10 @@ class FineTuningSettings(ConfigurableResource):
     timeout_hours: float = 24.0
     poll_initial_seconds: float = 5.0
     poll_max_seconds: float = 60.0
-    # The local profile's provider is the local service, which nobody starts while a step waits:
-    # not answering fails the step at once. Production waits out a provider's outages.
-    fail_fast_when_unreachable: bool = False
+    # The local profile's provider without a key is the local service at this address, which
+    # nobody starts while a step waits: not answering fails the step at once. "" (production, or
+    # a key): a provider's outages are waited out.
+    local_service_url: str = ""
 
     def base_model(self, task: str) -> str:
         return self.hook_base_model if task == "hook" else self.body_base_model
@@ -168,13 +173,15 @@ class FineTuningSettings(ConfigurableResource):
             timeout_s=self.timeout_hours * 3600,
             poll_initial_s=self.poll_initial_seconds,
             poll_max_s=self.poll_max_seconds,
-            unreachable_hint=LOCAL_SERVICE_DOWN if self.fail_fast_when_unreachable else None,
+            unreachable_hint=local_service_down(self.local_service_url) if self.local_service_url else None,
         )
 
 
 # The tiny base the trainer builds on first use under FTP_HOME when no base model is configured
-# (local profile only): tests and the laptop, never a real model.
+# (local profile only): tests and the laptop, never a real model. Jobs name it by TINY_BASE_NAME,
+# so that their keys do not depend on where FTP_HOME is.
 TINY_BASE_FOLDER = "models/tiny-chat-base"
+TINY_BASE_NAME = "ftp-tiny-chat-base"
 
 
 class SelfHostedTraining(ConfigurableResource):
@@ -207,6 +214,8 @@ class SelfHostedTraining(ConfigurableResource):
     batch_size: int = Field(default=4, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_seq_length: int = Field(default=1024, ge=16)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    lr_scheduler: str = "cosine"
     seed: int = 42
     # Torch's CPU threads (0: torch's default). Not part of the job's key: it changes rounding only.
     threads: int = Field(default=0, ge=0)
@@ -217,12 +226,15 @@ class SelfHostedTraining(ConfigurableResource):
         """The trainer's config as it takes it (``ftp-train train --config``), threads excluded."""
         modules = self.target_modules.strip()
         return {
+            "warmup_ratio": self.warmup_ratio,
+            "lr_scheduler": self.lr_scheduler,
             "epochs": self.epochs,
             "learning_rate": self.learning_rate,
             "lora_rank": self.lora_rank,
             "lora_alpha": self.lora_alpha,
             "lora_dropout": self.lora_dropout,
-            "target_modules": modules if modules == "all-linear" else [m.strip() for m in modules.split(",")],
+            # Sorted: the same modules in another order are the same model, and the same job key.
+            "target_modules": modules if modules == "all-linear" else sorted(m.strip() for m in modules.split(",")),
             "batch_size": self.batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "max_seq_length": self.max_seq_length,
@@ -237,8 +249,14 @@ class SelfHostedTraining(ConfigurableResource):
             image=self.image, namespace=self.namespace, pod_spec=parse_pod_spec(self.pod_spec) if self.pod_spec else {}
         )
 
-    def resolved_base_model(self) -> str:
-        return self.base_model or str(home_path(TINY_BASE_FOLDER))
+    def base_model_name(self) -> str:
+        """The base as jobs name it: the configured one, or the tiny base's name."""
+        return self.base_model or TINY_BASE_NAME
+
+    def base_model_location(self) -> str:
+        """Where the trainer loads the base from: the configured one, or the tiny base's folder
+        under FTP_HOME (built there on first use)."""
+        return self.base_model or str(ftp_home() / TINY_BASE_FOLDER)
 
     @property
     def builds_tiny_base(self) -> bool:
@@ -248,7 +266,7 @@ class SelfHostedTraining(ConfigurableResource):
         """The step's options: this base and these hyperparameters, the shared cost guard and
         timeout. The estimate prices tokens at 0: the cost is GPU time, known afterwards."""
         return FineTuneOptions(
-            base_model=self.resolved_base_model(),
+            base_model=self.base_model_name(),
             n_epochs=self.epochs,
             batch_size=self.batch_size,
             learning_rate_multiplier="auto",

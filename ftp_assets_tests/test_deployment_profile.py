@@ -28,7 +28,7 @@ print(json.dumps({
     "io_manager": type(defs.resources.get("io_manager")).__name__,
     "posts_table": defs.resources["posts_db"].table,
     "provider": defs.resources["fine_tuning"].provider,
-    "fail_fast": defs.resources["fine_tuning"].fail_fast_when_unreachable,
+    "fail_fast_at": defs.resources["fine_tuning"].local_service_url,
     "trainer": defs.resources["self_hosted_training"].model_dump(
         include={"launcher", "base_model", "adapters_url", "image", "work_dir"}
     ),
@@ -99,7 +99,7 @@ def test_production_loads_with_automation_running_and_the_configured_provider():
     assert location["openai_base_url"] == "https://llm.example.test/v1"
     assert location["openai_key_from_env"] == "OPENAI_API_KEY"  # an EnvVar, resolved by each run
     assert location["io_manager"] == "FilesystemIOManager"
-    assert location["fail_fast"] is False  # production waits out a provider's outages
+    assert location["fail_fast_at"] == ""  # production waits out a provider's outages
 
 
 SELF_HOSTED = {
@@ -146,8 +146,8 @@ def test_local_default_keeps_the_embedded_defaults():
     assert location["io_manager"] == "NoneType"  # Dagster's default, under DAGSTER_HOME
     assert location["posts_table"] == "posts"
     # The local service, unstarted, fails a step at once; with a key, OpenAI's outages are waited out.
-    assert location["fail_fast"] is True
-    assert loaded(OPENAI_API_KEY=SECRET_KEY)["fail_fast"] is False
+    assert location["fail_fast_at"] == "http://127.0.0.1:8765/v1"
+    assert loaded(OPENAI_API_KEY=SECRET_KEY)["fail_fast_at"] == ""
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window
 from ftp_assets.adapters.providers.base import BudgetExceeded, FineTuneRequest, FineTuningTimeout, ProviderUnreachable
 from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider
 from ftp_assets.domain.chat_format import auto_n_epochs
-from ftp_assets.resources import LOCAL_SERVICE_DOWN
+from ftp_assets.resources import local_service_down
 from ftp_assets.steps.data_path import DatasetOptions, TrainingDataset, build_training_files, collect_engaged_posts
 from ftp_assets.steps.experiment import (
     AbTestResult,
@@ -522,10 +522,11 @@ def _closed_port() -> int:
 
 
 def test_an_unstarted_local_service_fails_the_step_at_once_saying_how_to_start_it(dataset, tmp_path, job_records):
-    api = openai.OpenAI(base_url=f"http://127.0.0.1:{_closed_port()}/v1", api_key="sk-local-ftp", max_retries=0)
-    opts = options(unreachable_hint=LOCAL_SERVICE_DOWN, timeout_s=3600.0, poll_initial_s=5.0)
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    api = openai.OpenAI(base_url=url, api_key="sk-local-ftp", max_retries=0)
+    opts = options(unreachable_hint=local_service_down(url), timeout_s=3600.0, poll_initial_s=5.0)
     started = time.monotonic()
-    with pytest.raises(ProviderUnreachable, match=r"start it with `make ui`"):
+    with pytest.raises(ProviderUnreachable, match=rf"Nothing answers at {re.escape(url)}.*ftp-assets local-openai"):
         fine_tune(
             ProviderTrainer(OpenAIFineTuningProvider(api), job_records, opts, [].append),
             local_registry(tmp_path),

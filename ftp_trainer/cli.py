@@ -16,9 +16,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ftp_trainer.config import load_config
-from ftp_trainer.errors import InputError
+from ftp_trainer.errors import InputError, JobBusy
 
 EXIT_BAD_INPUT = 2
+EXIT_BUSY = 75  # EX_TEMPFAIL: another process trains the job now; later, its adapter is reused
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +83,7 @@ def _train(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             try:
                 result = run(job, reporter)
-            except InputError as error:
+            except (InputError, JobBusy) as error:
                 reporter.error(str(error))
                 raise
         reporter.result({"metrics": result.metrics, "manifest": result.manifest, "reused": result.reused})
@@ -123,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as error:
         print(f"ftp-train: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except JobBusy as error:
+        print(f"ftp-train: {error}", file=sys.stderr)
+        return EXIT_BUSY
     except KeyboardInterrupt as interruption:
         print(f"ftp-train: interrupted ({interruption or 'SIGINT'}); no adapter was written", file=sys.stderr)
         return 130

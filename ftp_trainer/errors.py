@@ -1,4 +1,4 @@
-"""The one error the command turns into exit status 2 and a single sentence."""
+"""The errors the command turns into an exit status and a single sentence, without a traceback."""
 
 from __future__ import annotations
 
@@ -8,3 +8,7 @@ class InputError(Exception):
 
     Its message is one sentence, printed as is on stderr without a traceback.
     """
+
+
+class JobBusy(Exception):
+    """Another process is training the same job (exit status 75, "try again later")."""

@@ -14,6 +14,7 @@ The steps, in order (docs/trainer.md):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -22,6 +23,8 @@ import platform
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -33,12 +36,13 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ftp_trainer.config import TrainerConfig
 from ftp_trainer.data import ChatDataset, message_texts, parse_jsonl, read_bytes
-from ftp_trainer.errors import InputError
+from ftp_trainer.errors import InputError, JobBusy
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 ADAPTER = "adapter"
 JOB_FILE = "job.json"
+LOCK_FILE = ".lock"
 MANIFEST_FORMAT = 1
 LIBRARIES = ("torch", "transformers", "peft", "trl", "tokenizers", "datasets")
 
@@ -93,6 +97,8 @@ def _read_json(fs: Any, path: str) -> dict[str, Any]:
 def publish(staging: Path, output_url: str) -> None:
     """Copy the staged folder to the destination, ``manifest.json`` last (the completion marker)."""
     fs, root = fsspec.core.url_to_fs(output_url)
+    if fs.exists(_join(root, MANIFEST)):
+        raise InputError(f"The destination {output_url} already holds a finished job: it is never replaced.")
     if fs.exists(root):  # what a crashed earlier attempt left: no manifest, so not finished
         fs.rm(root, recursive=True)
     fs.makedirs(root, exist_ok=True)
@@ -366,19 +372,46 @@ def _entries(log_history: list[dict[str, Any]], key: str) -> list[dict[str, Any]
 
 def run(job: TrainJob, reporter: Any) -> TrainResult:
     """Run the job end to end (see the module docstring)."""
-    existing = read_manifest(job.output_url)
-    if existing is not None:
-        if existing.get("job_id") != job.job_id:
-            raise InputError(
-                f"The destination {job.output_url} already holds the finished job {existing.get('job_id')!r}, "
-                f"not job {job.job_id!r}."
-            )
-        reporter.info(f"job {job.job_id} is already trained at {job.output_url}; nothing to do")
-        fs, root = fsspec.core.url_to_fs(job.output_url)
-        return TrainResult(reused=True, metrics=_read_json(fs, _join(root, METRICS)), manifest=existing)
-
+    finished = _finished(job, reporter)
+    if finished is not None:
+        return finished
     work_dir = Path(job.work_dir)
     claim_work_dir(work_dir, job.job_id)
+    with _exclusive(work_dir, job.job_id):
+        # Another process may have finished the job while this one waited for nothing: look again.
+        return _finished(job, reporter) or _train(job, reporter, work_dir)
+
+
+def _finished(job: TrainJob, reporter: Any) -> TrainResult | None:
+    existing = read_manifest(job.output_url)
+    if existing is None:
+        return None
+    if existing.get("job_id") != job.job_id:
+        raise InputError(
+            f"The destination {job.output_url} already holds the finished job {existing.get('job_id')!r}, "
+            f"not job {job.job_id!r}."
+        )
+    reporter.info(f"job {job.job_id} is already trained at {job.output_url}; nothing to do")
+    fs, root = fsspec.core.url_to_fs(job.output_url)
+    return TrainResult(reused=True, metrics=_read_json(fs, _join(root, METRICS)), manifest=existing)
+
+
+@contextmanager
+def _exclusive(work_dir: Path, job_id: str) -> Iterator[None]:
+    """One process at a time trains a job: a second one would share its checkpoints and replace
+    its output. The lock is the kernel's (``flock``), so a crashed holder releases it."""
+    with open(work_dir / LOCK_FILE, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobBusy(
+                f"Job {job_id} is being trained by another process (its work dir {work_dir} is locked): "
+                "wait for it to finish, then run again; the finished adapter is reused."
+            ) from None
+        yield
+
+
+def _train(job: TrainJob, reporter: Any, work_dir: Path) -> TrainResult:
     training_bytes = read_bytes(job.training_file)
     train_set = parse_jsonl(training_bytes, job.training_file)
     if not train_set.examples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import subprocess
@@ -112,6 +113,21 @@ def test_a_work_dir_of_another_job_is_refused(files: Files, tiny_base: Path, tmp
     assert "belongs to job 'other', not to job 'job-1'" in one_sentence(capsys.readouterr().err)
 
 
+def test_a_job_another_process_is_training_is_refused_not_shared(
+    files: Files, tiny_base: Path, tmp_path: Path, capsys
+) -> None:
+    """Two processes on one job would share its checkpoints and replace each other's output."""
+    job = make_job(files, tiny_base, tmp_path)
+    work = Path(job.work_dir)
+    work.mkdir()
+    (work / "job.json").write_text('{"job_id": "job-1"}')
+    with open(work / ".lock", "w") as held:  # the other process's lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(train_args(job)) == 75
+    assert "is being trained by another process" in one_sentence(capsys.readouterr().err)
+    assert not Path(job.output_url).exists()
+
+
 def test_pipes_gets_progress_and_the_result(trained: Trained, tmp_path: Path) -> None:
     """A Pipes process (the env vars Dagster sets): the log lines and the custom message arrive."""
     context = tmp_path / "context.json"
@@ -144,15 +160,12 @@ def wait_for(predicate, timeout: float, process: subprocess.Popen[str]) -> None:
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(files: Files, tiny_base: Path, tmp_path: Path) -> None:
     job = make_job(files, tiny_base, tmp_path, epochs=1, batch_size=4, save_steps=10, logging_steps=1)
-    # Started with SIGTERM and SIGINT ignored, as a process started in the background may inherit
-    # them: the trainer still stops.
     process = subprocess.Popen(
         ftp_train_command(*train_args(job)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(),
-        preexec_fn=_ignore_termination,
     )
     try:
         wait_for(lambda: (Path(job.work_dir) / "checkpoints/checkpoint-10/trainer_state.json").exists(), 120, process)

@@ -17,7 +17,6 @@ from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
 from ftp_assets.adapters.mlflow_registry import log_fine_tune_run, register_challenger
 from ftp_assets.adapters.providers.base import (
     Auto,
-    BudgetExceeded,
     FineTuneRequest,
     FineTuneResult,
     FineTuningProvider,
@@ -168,8 +167,7 @@ def fine_tune(
         dagster_run_id=dagster_run_id,
     )
     estimate_usd = estimated_cost_usd(dataset, options)
-    if estimate_usd > options.budget_usd:
-        raise BudgetExceeded(estimated_cost_usd=estimate_usd, budget_usd=options.budget_usd)
+    # The trainer applies the cost guard before anything is paid for (run_fine_tune, for OpenAI).
     result = trainer.train(request, estimated_cost_usd=estimate_usd)
     # As the provider measured it, else its billed (trained) tokens at the price the estimate used.
     actual_cost_usd = (

@@ -61,7 +61,10 @@ def fine_tuned_model(
         if fine_tuning.provider == "self_hosted":
             options = self_hosted_training.fine_tune_options(fine_tuning)
             local_folder = dataset_storage.folder(task, context.run.run_id)
-            yield SelfHostedTrainer(context, self_hosted_training, dataset, shared, jobs, local_folder), options
+            trainer = SelfHostedTrainer(
+                context, self_hosted_training, dataset, shared, jobs, local_folder, timeout_s=options.timeout_s
+            )
+            yield trainer, options
         else:
             options = fine_tuning.fine_tune_options(task)
             with openai.get_client(context) as client:

@@ -57,6 +57,8 @@ class SelfHostedTrainer:
     shared_folder: str
     jobs: FineTuningJobStore
     local_folder: Path
+    # How long a trainer pod may run (the step's timeout_hours); a local subprocess runs to its end.
+    timeout_s: float = 86_400
 
     @property
     def name(self) -> str:
@@ -125,7 +127,7 @@ class SelfHostedTrainer:
             training,
             *(["--validation-file", validation] if validation else []),
             "--base-model",
-            request.base_model,
+            self.settings.base_model_location(),
             "--output-url",
             str(destination),
             "--work-dir",
@@ -162,7 +164,7 @@ class SelfHostedTrainer:
             raise FineTuningFailed(
                 code="trainer_not_installed",
                 message=f"FTP_PROVIDER=self_hosted runs the trainer here, and {', '.join(missing)} is not installed: "
-                "pip install 'ftp_assets[train]'",
+                "run `pip install -e '.[train]'` in the project's folder",
                 job_id=job_id,
             )
         client = PipesSubprocessClient(forward_termination=True, termination_timeout_seconds=TERMINATION_TIMEOUT_S)
@@ -198,6 +200,7 @@ class SelfHostedTrainer:
             env=_TRAINER_ENV,
             base_pod_meta=meta,
             base_pod_spec=spec,
+            pod_wait_timeout=self.timeout_s,
         )
 
     def _local_copy(self, destination: UPath, job_id: str) -> Path:
