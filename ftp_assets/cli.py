@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
@@ -149,8 +150,13 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
+    from dagster import PreviewWarning
+
     from ftp_assets.doctor import doctor, format_line, has_failure
 
+    # Its output is the checks' lines: Dagster's preview notice for partitioned asset checks,
+    # raised while the definitions load, is not the user's to act on.
+    warnings.filterwarnings("ignore", category=PreviewWarning)
     checks = doctor()
     for check in checks:
         print(format_line(check), flush=True)

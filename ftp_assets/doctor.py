@@ -15,7 +15,6 @@ import importlib.util
 import os
 import re
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -676,15 +675,10 @@ def _ftp(arguments: str) -> str:
 
 def check_code_location(context: _Context) -> Check:
     name = "dagster.code_location"
-    from dagster import PreviewWarning
-
     from ftp_assets.definitions import load_definitions
 
     try:
-        with warnings.catch_warnings():
-            # Dagster's preview notice for partitioned asset checks is not the user's to act on.
-            warnings.simplefilter("ignore", PreviewWarning)
-            context.definitions = load_definitions()
+        context.definitions = load_definitions()
     except SettingsError as error:
         return Check(name, FAIL, f"does not load: {error}", "set or correct the variables it names.")
     except Exception as error:
