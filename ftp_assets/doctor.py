@@ -11,7 +11,6 @@ redacted, and every line is scrubbed of the values of secret variables).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import uuid
@@ -39,7 +38,6 @@ SENSORS = ("hook_data_threshold_sensor", "body_data_threshold_sensor", "experime
 # MLflow's HTTP client settings while the doctor asks it: a dead server fails within seconds.
 MLFLOW_QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 PROVIDER_TIMEOUT_SECONDS = 10.0
-TRAINER_MODULES = ("ftp_trainer", "torch", "trl", "peft")
 # Variables whose values are URLs (shown redacted) or secrets (never shown), besides any whose
 # name says it holds a key, token, password or secret.
 URL_VARIABLES = ("FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI", "FTP_STORAGE_URL", "OPENAI_BASE_URL")
@@ -559,7 +557,9 @@ def _check_trainer(settings: DeploymentSettings) -> Check:
         if not settings.trainer_image:
             return Check(name, FAIL, "FTP_TRAINER_IMAGE is unset", "set FTP_TRAINER_IMAGE to the trainer's image.")
         return Check(name, OK, f"self-hosted trainer pods of image {settings.trainer_image}")
-    missing = [module for module in TRAINER_MODULES if importlib.util.find_spec(module) is None]
+    from ftp_assets.resources import SelfHostedTraining
+
+    missing = SelfHostedTraining.missing_local_modules()
     if missing:
         return Check(name, FAIL, f"the self-hosted trainer lacks {', '.join(missing)}", "pip install -e '.[train]'.")
     return Check(name, OK, "the self-hosted trainer is installed (ftp_trainer, torch, trl, peft)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -240,6 +241,11 @@ class SelfHostedTraining(ConfigurableResource):
             "max_seq_length": self.max_seq_length,
             "seed": self.seed,
         }
+
+    @staticmethod
+    def missing_local_modules() -> list[str]:
+        """What the trainer needs in this Python to run as a subprocess, and is not installed."""
+        return [name for name in ("ftp_trainer", "torch", "trl", "peft") if importlib.util.find_spec(name) is None]
 
     def pod_settings(self) -> TrainerPodSettings:
         """The trainer pod's image, namespace and PodSpec fragment (launcher "kubernetes")."""

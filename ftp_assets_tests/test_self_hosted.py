@@ -178,7 +178,7 @@ def test_the_trainer_pod_reads_and_writes_shared_storage_and_checkpoints_on_its_
     )
     job_id = job_id_for(request)
     trainer = SelfHostedTrainer(
-        build_asset_context(partition_key="body"), settings, dataset, dataset.shared_folder, None, tmp_path
+        build_asset_context(partition_key="body"), settings, dataset, dataset.shared_folder, None, DatasetStorage()
     )
     destination = UPath(settings.adapters_url) / "body" / job_id
     arguments = trainer._arguments(request, job_id, destination, in_pod=True)
@@ -197,7 +197,9 @@ def test_the_trainer_pod_reads_and_writes_shared_storage_and_checkpoints_on_its_
     assert job_id_for(changed) != job_id
 
     # Without shared storage a pod could not read the files: refused before any pod starts.
-    local_only = SelfHostedTrainer(build_asset_context(partition_key="body"), settings, dataset, "", None, tmp_path)
+    local_only = SelfHostedTrainer(
+        build_asset_context(partition_key="body"), settings, dataset, "", None, DatasetStorage()
+    )
     with pytest.raises(FineTuningFailed, match="set FTP_STORAGE_URL"):
         local_only._arguments(request, job_id, destination, in_pod=True)
 

@@ -9,6 +9,7 @@ import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, DAGSTER_PIPES_MESSAGES_ENV_VAR, encode_param
@@ -158,15 +159,21 @@ def wait_for(predicate, timeout: float, process: subprocess.Popen[str]) -> None:
         time.sleep(0.05)
 
 
-def test_an_interrupted_run_resumes_from_its_last_checkpoint(files: Files, tiny_base: Path, tmp_path: Path) -> None:
-    job = make_job(files, tiny_base, tmp_path, epochs=1, batch_size=4, save_steps=10, logging_steps=1)
-    process = subprocess.Popen(
+def start_training(job: TrainJob, **popen: Any) -> subprocess.Popen[str]:
+    """``ftp-train train`` for ``job`` in a process of its own, its output in pipes."""
+    return subprocess.Popen(
         ftp_train_command(*train_args(job)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(),
+        **popen,
     )
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(files: Files, tiny_base: Path, tmp_path: Path) -> None:
+    job = make_job(files, tiny_base, tmp_path, epochs=1, batch_size=4, save_steps=10, logging_steps=1)
+    process = start_training(job)
     try:
         wait_for(lambda: (Path(job.work_dir) / "checkpoints/checkpoint-10/trainer_state.json").exists(), 120, process)
     finally:
@@ -214,14 +221,7 @@ def test_sigterm_stops_training_promptly_and_leaves_no_manifest(files: Files, ti
     job = replace(make_job(files, tiny_base, tmp_path, epochs=3, batch_size=2, logging_steps=1), training_file=str(big))
     # Started with SIGTERM and SIGINT ignored, as a process started in the background may inherit
     # them: the trainer still stops.
-    process = subprocess.Popen(
-        ftp_train_command(*train_args(job)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-        preexec_fn=_ignore_termination,
-    )
+    process = start_training(job, preexec_fn=_ignore_termination)
     assert process.stderr is not None
     for line in process.stderr:  # until the first logged step
         if "train loss" in line:

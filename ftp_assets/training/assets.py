@@ -60,9 +60,8 @@ def fine_tuned_model(
     def chosen_trainer() -> Iterator[tuple[Trainer, FineTuneOptions]]:
         if fine_tuning.provider == "self_hosted":
             options = self_hosted_training.fine_tune_options(fine_tuning)
-            local_folder = dataset_storage.folder(task, context.run.run_id)
             trainer = SelfHostedTrainer(
-                context, self_hosted_training, dataset, shared, jobs, local_folder, timeout_s=options.timeout_s
+                context, self_hosted_training, dataset, shared, jobs, dataset_storage, timeout_s=options.timeout_s
             )
             yield trainer, options
         else:

@@ -12,7 +12,6 @@ is known before training starts: a re-run that finds its manifest reuses it and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
 from ftp_assets.adapters.providers.base import FineTuneRequest, FineTuneResult, FineTuningFailed, StepMetrics
 from ftp_assets.adapters.trainer_pods import TrainerPodError
 from ftp_assets.home import home_path
-from ftp_assets.resources import SelfHostedTraining
+from ftp_assets.resources import DatasetStorage, SelfHostedTraining
 from ftp_assets.steps.data_path import TrainingDataset
 
 PROVIDER_NAME = "self_hosted"
@@ -56,7 +55,8 @@ class SelfHostedTrainer:
     dataset: TrainingDataset
     shared_folder: str
     jobs: FineTuningJobStore
-    local_folder: Path
+    # Where a remote adapter is fetched to for the MLflow run (this run's working folder).
+    storage: DatasetStorage
     # How long a trainer pod may run (the step's timeout_hours); a local subprocess runs to its end.
     timeout_s: float = 86_400
 
@@ -159,7 +159,7 @@ class SelfHostedTrainer:
             raise FineTuningFailed(code="trainer_pod", message=str(error), job_id=job_id) from None
 
     def _launch_subprocess(self, request: FineTuneRequest, job_id: str, destination: UPath) -> None:
-        missing = [name for name in ("ftp_trainer", "torch", "trl", "peft") if importlib.util.find_spec(name) is None]
+        missing = self.settings.missing_local_modules()
         if missing:
             raise FineTuningFailed(
                 code="trainer_not_installed",
@@ -207,7 +207,7 @@ class SelfHostedTrainer:
         """The finished folder on this machine, for the MLflow run: itself when local."""
         if destination.protocol in ("", "file", "local"):
             return Path(destination.path)
-        local = self.local_folder / job_id
+        local = self.storage.folder(self.dataset.task, self.context.run.run_id) / job_id
         if not (local / MANIFEST).exists():
             destination.fs.get(destination.path.rstrip("/") + "/", str(local) + "/", recursive=True)
         return local
