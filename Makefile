@@ -21,7 +21,7 @@ check: $(INSTALLED)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/deptry .
-	$(VENV)/bin/hadolint deploy/Dockerfile deploy/trainer.Dockerfile
+	$(VENV)/bin/hadolint deploy/Dockerfile deploy/trainer.Dockerfile deploy/serving.Dockerfile
 
 benchmark: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/run_all.py

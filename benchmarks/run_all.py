@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["data_path.py", "sensor.py", "ab_simulation.py", "trainer.py"]
+BENCHMARKS = ["data_path.py", "sensor.py", "ab_simulation.py", "trainer.py", "serving.py"]
 
 if __name__ == "__main__":
     failed = []

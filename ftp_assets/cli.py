@@ -100,7 +100,7 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    _from_local_extra("ftp_demo.cycle", "demo").run_demo(posts=args.posts, seed=args.seed)
+    _from_local_extra("ftp_demo.cycle", "demo").run_demo(posts=args.posts, seed=args.seed, provider=args.provider)
 
 
 def cmd_local_openai(args: argparse.Namespace) -> None:
@@ -182,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--posts", type=int, default=6_000, help="demo posts to create (default 6000)")
     demo.add_argument(
         "--seed", type=int, help="seed of the demo data and simulation (default: a new one each run, printed)"
+    )
+    demo.add_argument(
+        "--provider",
+        choices=("openai", "self_hosted"),
+        default="openai",
+        help="who fine-tunes: the local OpenAI-compatible service (default), or the self-hosted LoRA trainer on a "
+        "tiny base, its adapters served on CPU",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -16,6 +16,7 @@ from ftp_assets.resources import (
     MlflowResource,
     PostsDatabaseResource,
     SelfHostedTraining,
+    ServingEndpoints,
     default_posts_db_url,
 )
 from ftp_assets.settings import DeploymentSettings
@@ -45,6 +46,20 @@ def self_hosted_training(settings: DeploymentSettings) -> SelfHostedTraining:
     )
 
 
+def serving_endpoints(settings: DeploymentSettings) -> ServingEndpoints:
+    """Where models answer (the readiness gate, retirement and `ftp-assets doctor` call them)."""
+    return ServingEndpoints(
+        endpoints_file=settings.endpoints_file,
+        # The local profile without a key calls the local service, as the fine_tuning resource does.
+        openai_base_url=settings.openai_base_url
+        or ("" if settings.production or settings.has("OPENAI_API_KEY") else LOCAL_OPENAI_BASE_URL),
+        serving_url=settings.serving_url,
+        serving_endpoint=settings.serving_endpoint,
+        agent_endpoint=settings.agent_endpoint,
+        local_keys=not settings.production,
+    )
+
+
 def shared_resources(settings: DeploymentSettings) -> Definitions:
     """The resources every group uses; the embedded defaults where a local deployment leaves a
     variable unset. With FTP_STORAGE_URL, asset values live under ``<url>/dagster/`` so that a
@@ -69,6 +84,7 @@ def shared_resources(settings: DeploymentSettings) -> Definitions:
             tracking_uri=EnvVar("MLFLOW_TRACKING_URI") if settings.has("MLFLOW_TRACKING_URI") else ""
         ),
         "experiment_settings": ExperimentSettings(),
+        "serving": serving_endpoints(settings),
     }
     if settings.storage_url:
         resources["io_manager"] = FilesystemIOManager(base_dir=f"{settings.storage_url.rstrip('/')}/dagster")

@@ -29,7 +29,9 @@ from ftp_assets.settings import DeploymentSettings, SettingsError
 if TYPE_CHECKING:
     from dagster import DagsterInstance, Definitions
 
+    from ftp_assets.adapters.endpoints import Endpoint
     from ftp_assets.adapters.experiments_store import ExperimentStore
+    from ftp_assets.resources import ServingEndpoints
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -141,6 +143,7 @@ def run_checks(settings: DeploymentSettings, *, invalid: str = "") -> list[Check
         ("mlflow.server", check_mlflow_server),
         ("mlflow.aliases", check_mlflow_aliases),
         ("provider", check_provider),
+        ("serving", check_serving),
         ("storage", check_storage),
         ("dagster.instance", check_dagster_instance),
         ("dagster.code_location", check_code_location),
@@ -549,6 +552,105 @@ def _check_openai(settings: DeploymentSettings) -> Check:
     finally:
         client.close()
     return Check(name, OK, f"{who} answers with the key (listed fine-tuning jobs, spent nothing)")
+
+
+def check_serving(context: _Context) -> list[Check]:
+    """The endpoints the agent and the gate call: the self-hosted adapters' (FTP_SERVING_ENDPOINT,
+    with the self-hosted provider) and each running experiment's, by a free model list; and each
+    running arm served by a ``vllm``-kind endpoint, by a one-token completion of its model."""
+    from ftp_assets.adapters.endpoints import EndpointsError
+    from ftp_assets.definitions import serving_endpoints
+
+    settings = context.settings
+    serving = serving_endpoints(settings)  # as the runs see them, local defaults included
+    try:
+        endpoints = serving.endpoints()
+    except EndpointsError as error:
+        return [Check("serving", FAIL, str(error), "correct FTP_ENDPOINTS_FILE.")]
+    store = _experiments(context) if "experiments.migrations" not in context.failed else None
+    running = store.all_running() if store else []
+    arms = [
+        (f"{experiment.task}.{arm}", model, endpoint)
+        for experiment in running
+        for arm, model, endpoint in (
+            ("champion", experiment.champion_model, experiment.champion_endpoint),
+            ("challenger", experiment.challenger_model, experiment.challenger_endpoint),
+        )
+    ]
+    names = ([settings.serving_endpoint] if settings.self_hosted else []) + [endpoint for _, _, endpoint in arms]
+    checks = []
+    answering = set()
+    for name in dict.fromkeys(names):
+        if name not in endpoints:
+            unknown = "a running experiment names an endpoint that no file defines"
+            checks.append(Check(f"serving.{name}", FAIL, unknown, "set FTP_ENDPOINTS_FILE to the agent's file."))
+            continue
+        check = _guarded_check(f"serving.{name}", partial(_check_endpoint, settings, serving, endpoints[name]))
+        if check.verdict == OK:
+            answering.add(name)
+        checks.append(check)
+    for arm, model, name in arms:
+        if name in answering and endpoints[name].kind == "vllm":
+            step = partial(_check_served_model, f"serving.{arm}", serving, endpoints[name], model)
+            checks.append(_guarded_check(f"serving.{arm}", step))
+    if not checks:
+        checks.append(Check("serving", OK, "no self-hosted serving configured and no experiment running"))
+    return checks
+
+
+def _check_endpoint(settings: DeploymentSettings, serving: ServingEndpoints, endpoint: Endpoint) -> Check:
+    import openai
+
+    from ftp_assets.adapters.endpoints import EndpointsError
+
+    name, where = f"serving.{endpoint.name}", redacted(endpoint.base_url)
+    try:
+        client = serving.client(endpoint.name, timeout_s=PROVIDER_TIMEOUT_SECONDS, max_retries=0)
+    except EndpointsError as error:
+        return Check(name, FAIL, str(error), f"set {endpoint.api_key_env} where the pipeline runs.")
+    try:
+        models = client.models.list()
+    except openai.AuthenticationError:
+        return Check(name, FAIL, f"{where} refused the key (401)", f"set {endpoint.api_key_env} to the endpoint's key.")
+    except openai.APIConnectionError as error:
+        if not settings.production and endpoint.base_url.startswith(("http://127.0.0.1", "http://localhost")):
+            # Like the local service: a server that runs while it is needed, not a misconfiguration.
+            fix = _start_serving() if endpoint.kind == "vllm" else f"start it: `make ui` (or {_ftp('local-openai')})."
+            return Check(name, WARN, f"nothing answers at {where}, so the readiness gate would fail", fix)
+        return Check(name, FAIL, f"{where} does not answer ({type(error).__name__})", "check the URL and network.")
+    except openai.APIStatusError as error:
+        return Check(name, FAIL, f"{where} answered {error.status_code} to a model list", "check the endpoint's URL.")
+    finally:
+        client.close()
+    return Check(name, OK, f"{where} answers with the key ({len(models.data)} models listed)")
+
+
+def _start_serving() -> str:
+    from ftp_assets.resources import TINY_BASE_NAME, SelfHostedTraining
+
+    training = SelfHostedTraining()
+    return (
+        f"start it: `{installed_command('ftp-serve')} --base-model {training.base_model_location()} "
+        f"--base-name {TINY_BASE_NAME} --adapters {training.adapters_root()} --port 8100`."
+    )
+
+
+def _check_served_model(name: str, serving: ServingEndpoints, endpoint: Endpoint, model: str) -> Check:
+    import openai
+
+    client = serving.client(endpoint.name, timeout_s=PROVIDER_TIMEOUT_SECONDS, max_retries=0)
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "ping"}], max_tokens=1)
+    except openai.APIStatusError as error:
+        return Check(
+            name,
+            FAIL,
+            f"{endpoint.name} does not serve {model} ({error.status_code}: {error.message[:200]})",
+            "see docs/serving.md: the adapter's folder, its manifest and hash.",
+        )
+    finally:
+        client.close()
+    return Check(name, OK, f"{model} answers at {endpoint.name}")
 
 
 def _check_trainer(settings: DeploymentSettings) -> Check:

@@ -18,6 +18,7 @@ from ftp_assets.steps.experiment import DecisionRule
 from ftp_assets.steps.fine_tune import FineTuneOptions
 
 if TYPE_CHECKING:
+    from ftp_assets.adapters.endpoints import Endpoint
     from ftp_assets.adapters.experiments_store import ExperimentStore
     from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
     from ftp_assets.adapters.trainer_pods import TrainerPodSettings
@@ -264,6 +265,10 @@ class SelfHostedTraining(ConfigurableResource):
         under FTP_HOME (built there on first use)."""
         return self.base_model or str(ftp_home() / TINY_BASE_FOLDER)
 
+    def adapters_root(self) -> str:
+        """Where finished adapters live, one folder per job (serving reads them there too)."""
+        return self.adapters_url or str(home_path("adapters"))
+
     @property
     def builds_tiny_base(self) -> bool:
         return not self.base_model
@@ -314,6 +319,58 @@ class MlflowResource(ConfigurableResource):
         except MlflowException as error:
             uri = self.resolved_uri()
             raise Failure(f"MLflow at {redacted(uri)} failed: {str(error).replace(uri, redacted(uri))}") from None
+
+
+# The key a keyless local server (`ftp-serve` without --api-key-env) is called with.
+LOCAL_SERVING_API_KEY = "no-key-local"
+
+
+def local_key(endpoint_name: str) -> str | None:
+    """The key of a built-in endpoint's local server (the local profile), used when its variable is unset."""
+    from ftp_assets.adapters.endpoints import OPENAI_ENDPOINT, SELF_HOSTED_ENDPOINT
+
+    return {OPENAI_ENDPOINT: LOCAL_OPENAI_API_KEY, SELF_HOSTED_ENDPOINT: LOCAL_SERVING_API_KEY}.get(endpoint_name)
+
+
+class ServingEndpoints(ConfigurableResource):
+    """Where models answer chat completions (ftp_assets/adapters/endpoints.py): the endpoints
+    file (FTP_ENDPOINTS_FILE) over the built-in ``openai`` and ``self_hosted`` endpoints, the
+    endpoint of the self-hosted adapters (FTP_SERVING_ENDPOINT) and of the agent's configured
+    model (FTP_AGENT_ENDPOINT). Keys are read from each endpoint's variable when a client is made;
+    ``local_keys`` (the local profile) lets the built-in endpoints fall back to the local servers'."""
+
+    endpoints_file: str = ""
+    openai_base_url: str = ""
+    serving_url: str = ""
+    serving_endpoint: str = "self_hosted"
+    agent_endpoint: str = "openai"
+    local_keys: bool = False
+
+    def endpoints(self) -> dict[str, Endpoint]:
+        from ftp_assets.adapters.endpoints import builtin_endpoints, load_endpoints
+
+        endpoints = builtin_endpoints(openai_base_url=self.openai_base_url, serving_url=self.serving_url)
+        if self.endpoints_file:
+            endpoints |= load_endpoints(self.endpoints_file)
+        return endpoints
+
+    def endpoint(self, name: str) -> Endpoint:
+        from ftp_assets.adapters.endpoints import EndpointsError
+
+        endpoints = self.endpoints()
+        if name not in endpoints:
+            raise EndpointsError(f"No endpoint is named {name!r}; known: {', '.join(sorted(endpoints))}.")
+        return endpoints[name]
+
+    def for_provider(self, provider: str) -> str:
+        """The endpoint serving a provider's models: OpenAI's own, or the self-hosted serving."""
+        from ftp_assets.adapters.endpoints import OPENAI_ENDPOINT
+
+        return self.serving_endpoint if provider == "self_hosted" else OPENAI_ENDPOINT
+
+    def client(self, name: str, *, timeout_s: float = 60.0, max_retries: int = 2):
+        fallback = local_key(name) if self.local_keys else None
+        return self.endpoint(name).client(fallback_key=fallback, timeout_s=timeout_s, max_retries=max_retries)
 
 
 class ExperimentSettings(ConfigurableResource):

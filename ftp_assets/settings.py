@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ftp_assets.adapters.endpoints import Endpoint, EndpointsError, builtin_endpoints, load_endpoints
+
 # Read by the resources as EnvVars, never by this object: they may hold credentials.
 SECRET_VARIABLES = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI")
 PRODUCTION_REQUIRED = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI", "FTP_STORAGE_URL")
@@ -68,6 +70,13 @@ class DeploymentSettings(BaseSettings):
     trainer_image: str = ""
     trainer_namespace: str = ""
     trainer_pod_spec: str = ""
+    # Where models are served (ftp_assets/adapters/endpoints.py, docs/serving.md): the endpoints file
+    # the agent reads too, the endpoint serving the self-hosted adapters, the one serving the
+    # agent's configured model (the first champion), and the built-in self_hosted endpoint's URL.
+    endpoints_file: str = ""
+    serving_endpoint: str = "self_hosted"
+    agent_endpoint: str = "openai"
+    serving_url: str = ""
     training_cron: str = "0 2 * * 0"
     training_timezone: str = "UTC"
     training_new_posts_threshold: int = 100
@@ -99,6 +108,27 @@ class DeploymentSettings(BaseSettings):
             parse_pod_spec(raw)
         return raw
 
+    def endpoints(self) -> dict[str, Endpoint]:
+        """The built-in endpoints with the file's (FTP_ENDPOINTS_FILE) over them."""
+        endpoints = builtin_endpoints(openai_base_url=self.openai_base_url, serving_url=self.serving_url)
+        if self.endpoints_file:
+            endpoints |= load_endpoints(self.endpoints_file)
+        return endpoints
+
+    def _check_endpoints(self) -> None:
+        """A bad endpoints file, or a name it lacks, stops the code location loading."""
+        try:
+            endpoints = self.endpoints()
+        except EndpointsError as error:
+            raise SettingsError(str(error)) from None
+        named = {"FTP_SERVING_ENDPOINT": self.serving_endpoint, "FTP_AGENT_ENDPOINT": self.agent_endpoint}
+        for variable, name in named.items():
+            if name not in endpoints:
+                known = ", ".join(sorted(endpoints))
+                raise SettingsError(
+                    f"{variable}={name} names no endpoint (FTP_ENDPOINTS_FILE defines them); known: {known}."
+                )
+
     @classmethod
     def from_environment(cls, *, require_complete: bool = True) -> DeploymentSettings:
         """The settings of this process's environment; a :class:`SettingsError` of one sentence
@@ -107,6 +137,7 @@ class DeploymentSettings(BaseSettings):
             settings = cls()
         except ValidationError as error:
             raise SettingsError(" ".join(_message(problem) for problem in error.errors())) from None
+        settings._check_endpoints()
         missing = settings.missing_for_production() if require_complete else []
         if missing:
             raise SettingsError(f"FTP_DEPLOYMENT=production has no embedded defaults: set {', '.join(missing)}.")
@@ -145,7 +176,12 @@ class DeploymentSettings(BaseSettings):
             if value
         }
         required = SELF_HOSTED_PRODUCTION_REQUIRED if self.self_hosted else PRODUCTION_REQUIRED
-        return [name for name in required if name not in configured]
+        missing = [name for name in required if name not in configured]
+        default_serving = self.serving_endpoint == "self_hosted" and not (self.serving_url or self.endpoints_file)
+        if self.self_hosted and default_serving:
+            # The built-in endpoint's default is a laptop's ftp-serve, which no pod reaches.
+            missing.append("FTP_SERVING_URL (or FTP_ENDPOINTS_FILE)")
+        return missing
 
 
 def _message(problem: Any) -> str:

@@ -32,6 +32,10 @@ print(json.dumps({
     "trainer": defs.resources["self_hosted_training"].model_dump(
         include={"launcher", "base_model", "adapters_url", "image", "work_dir"}
     ),
+    "serving": {
+        name: endpoint.base_url for name, endpoint in defs.resources["serving"].endpoints().items()
+    },
+    "serving_endpoint": defs.resources["serving"].serving_endpoint,
 }))
 """
 
@@ -107,6 +111,7 @@ SELF_HOSTED = {
     "FTP_PROVIDER": "self_hosted",
     "FTP_TRAINER_IMAGE": "registry.example.test/ftp-trainer@sha256:" + "0" * 64,
     "FTP_SELF_HOSTED_BASE_MODEL": "/models/Qwen2.5-1.5B-Instruct",
+    "FTP_SERVING_URL": "http://ftp-vllm.ftp.svc.cluster.local:8000/v1",
 }
 
 
@@ -120,9 +125,41 @@ def test_production_with_the_self_hosted_trainer_needs_its_image_and_base_not_an
         "image": SELF_HOSTED["FTP_TRAINER_IMAGE"],
         "work_dir": "",
     }
+    assert location["serving"]["self_hosted"] == SELF_HOSTED["FTP_SERVING_URL"]
+    assert location["serving_endpoint"] == "self_hosted"
     for missing in ("FTP_TRAINER_IMAGE", "FTP_SELF_HOSTED_BASE_MODEL"):
         process = load(**{name: value for name, value in SELF_HOSTED.items() if name != missing})
         assert last_line(process).endswith(f"FTP_DEPLOYMENT=production has no embedded defaults: set {missing}.")
+    # The built-in serving endpoint's default is a laptop's ftp-serve, which no pod reaches.
+    process = load(**{name: value for name, value in SELF_HOSTED.items() if name != "FTP_SERVING_URL"})
+    assert last_line(process).endswith("set FTP_SERVING_URL (or FTP_ENDPOINTS_FILE).")
+
+
+def test_the_endpoints_file_adds_endpoints_and_a_bad_one_stops_the_load(tmp_path):
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoints.write_text(
+        "endpoints:\n  vllm-qwen:\n    base_url: http://vllm.example.test:8000/v1\n"
+        "    api_key_env: FTP_VLLM_API_KEY\n    kind: vllm\n"
+    )
+    variables = {**SELF_HOSTED, "FTP_ENDPOINTS_FILE": str(endpoints), "FTP_SERVING_ENDPOINT": "vllm-qwen"}
+    del variables["FTP_SERVING_URL"]
+    location = loaded(**variables)
+    assert location["serving"]["vllm-qwen"] == "http://vllm.example.test:8000/v1"
+    assert location["serving"]["openai"] == "https://api.openai.com/v1"  # the built-ins stay
+    assert location["serving_endpoint"] == "vllm-qwen"
+
+    process = load(**{**variables, "FTP_SERVING_ENDPOINT": "vllm-llama"})
+    assert last_line(process).endswith(
+        "FTP_SERVING_ENDPOINT=vllm-llama names no endpoint (FTP_ENDPOINTS_FILE defines them); "
+        "known: openai, self_hosted, vllm-qwen."
+    )
+    # A key written into the file is refused: the file is read by many, keys live in secrets.
+    endpoints.write_text(
+        "endpoints:\n  vllm-qwen:\n    base_url: http://vllm.example.test:8000/v1\n"
+        "    api_key_env: FTP_VLLM_API_KEY\n    api_key: sk-oops\n"
+    )
+    process = load(**variables)
+    assert "unknown field(s) api_key" in last_line(process) and "sk-oops" not in process.stderr
 
 
 def test_the_local_self_hosted_trainer_runs_as_a_subprocess_on_the_tiny_base():

@@ -206,7 +206,7 @@ def test_experiments_one_migration_behind_and_missing(healthy, posts):
         conn.exec_driver_sql("DROP TABLE ftp_fine_tuning_jobs")
         command.stamp(migrations_config(connection=conn), "0001")
     check = only_failure(checks(), "experiments.migrations", "ftp-assets db init")
-    assert "0001" in check.detail and "0002" in check.detail
+    assert "0001" in check.detail and ExperimentStore.head_revision() in check.detail
 
     with owner.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE ftp_experiments")
@@ -276,6 +276,33 @@ def test_the_local_service_not_running_is_a_warning_with_how_to_start_it(healthy
     assert found["provider"].verdict == WARN and "start it: `make ui`" in found["provider"].fix
     monkeypatch.setenv("OPENAI_API_KEY", "sk-some-key-5d1c")
     only_failure(checks(), "provider", "check OPENAI_BASE_URL")
+
+
+def test_the_self_hosted_serving_endpoint_not_running_warns_with_the_command_that_starts_it(healthy, monkeypatch):
+    monkeypatch.setenv("FTP_PROVIDER", "self_hosted")
+    monkeypatch.setenv("FTP_SERVING_URL", f"http://127.0.0.1:{unused_port()}/v1")
+    found = checks()
+    assert failing(found) == set()
+    check = found["serving.self_hosted"]
+    assert check.verdict == WARN and "readiness gate would fail" in check.detail
+    assert "ftp-serve" in check.fix and "--adapters" in check.fix
+
+
+def test_a_running_arm_on_an_endpoint_no_file_defines_fails(healthy, posts):
+    store = ExperimentStore(PostsDatabase(posts["owner_url"]).engine)
+    store.start(
+        task="body",
+        champion_model=ExperimentSettings().agent_model("body"),
+        challenger_model="threads-body-sft-" + "1" * 24,
+        challenger_share=0.1,
+        started_at=datetime.now(UTC) - timedelta(hours=1),
+        registry_version=None,
+        challenger_endpoint="vllm-gone",
+    )
+    store.engine.dispose()
+    found = checks()
+    assert found["serving.openai"].verdict == OK  # the champion's endpoint, the local service here
+    assert found["serving.vllm-gone"].verdict == FAIL and "FTP_ENDPOINTS_FILE" in found["serving.vllm-gone"].fix
 
 
 def test_a_wrong_key_is_refused(healthy, monkeypatch):

@@ -105,7 +105,7 @@ def test_a_fresh_database_is_migrated_to_head_under_our_own_version_table(engine
     store.init_schema()
     assert {"ftp_experiments", "ftp_fine_tuning_jobs", VERSION_TABLE} <= table_names(engine)
     assert "alembic_version" not in table_names(engine)
-    assert store.schema_revision() == ExperimentStore.head_revision() == "0002"
+    assert store.schema_revision() == ExperimentStore.head_revision() == "0003"
 
 
 def test_init_schema_twice_changes_nothing(engine):
@@ -161,8 +161,11 @@ def test_a_table_from_before_migrations_is_stamped_and_keeps_its_rows(engine):
     with engine.connect() as conn:
         rows = [row._asdict() for row in conn.execute(sa.select(legacy).order_by(legacy.c.started_at))]
     assert rows == [FINISHED_ROW, RUNNING_ROW]
-    assert store.running("hook").experiment_id == RUNNING_ROW["experiment_id"]
+    running = store.running("hook")
+    assert running.experiment_id == RUNNING_ROW["experiment_id"]
     assert store.get(FINISHED_ROW["experiment_id"]).status == "promoted"
+    # Rows from before revision 0003 ran on the OpenAI path: both arms on the openai endpoint.
+    assert (running.champion_endpoint, running.challenger_endpoint) == ("openai", "openai")
 
 
 def test_a_table_from_before_migrations_without_the_baseline_columns_is_refused(engine):

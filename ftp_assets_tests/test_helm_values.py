@@ -37,7 +37,7 @@ from ftp_assets.adapters.trainer_pods import (
     resolve_namespace,
 )
 from ftp_assets.definitions import self_hosted_training
-from ftp_assets.settings import DeploymentSettings
+from ftp_assets.settings import DeploymentSettings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "deploy" / "helm-chart"
@@ -725,3 +725,106 @@ def test_trainer_rbac_lets_the_run_pods_manage_trainer_pods(merged: dict[str, An
     # The trainer pod's own account is created there, without an API token.
     account = parse_pod_spec(env["FTP_TRAINER_POD_SPEC"])["serviceAccountName"]
     assert documents[("ServiceAccount", account)]["automountServiceAccountToken"] is False
+
+
+# --- The endpoints file --------------------------------------------------------------------------
+# FTP_ENDPOINTS_FILE is read when the code location loads (ftp_assets/settings.py): the code server
+# and the run pods both mount the ConfigMap of deploy/serving/vllm.yaml and get the vLLM key.
+
+SERVING_MANIFESTS = ROOT / "deploy" / "serving" / "vllm.yaml"
+ENDPOINTS_VARIABLE = "FTP_ENDPOINTS_FILE"
+
+
+def _endpoints_configmap() -> dict[str, Any]:
+    with SERVING_MANIFESTS.open() as f:
+        (configmap,) = [d for d in yaml.safe_load_all(f) if d and d["kind"] == "ConfigMap"]
+    return configmap
+
+
+def _pods_reading_endpoints(merged: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The code server's and the run pods' env, envSecrets, volumes and volume mounts, as the
+    chart and the K8sRunLauncher take them from the values."""
+    deployment = _deployment(merged)
+    launcher = merged["runLauncher"]["config"]["k8sRunLauncher"]
+    run = launcher["runK8sConfig"]
+    return {
+        "code server": {
+            "env": deployment["env"],
+            "envSecrets": deployment["envSecrets"],
+            "volumes": deployment["volumes"],
+            "volumeMounts": deployment["volumeMounts"],
+        },
+        "run": {
+            "env": run["containerConfig"]["env"],
+            "envSecrets": launcher["envSecrets"],
+            "volumes": run["podSpecConfig"]["volumes"],
+            "volumeMounts": run["containerConfig"]["volumeMounts"],
+        },
+    }
+
+
+@pytest.mark.parametrize("pod", ["code server", "run"])
+def test_code_server_and_runs_mount_the_endpoints_configmap(merged: dict[str, Any], pod: str) -> None:
+    wiring = _pods_reading_endpoints(merged)[pod]
+    env = {e["name"]: e for e in wiring["env"]}
+    path = env[ENDPOINTS_VARIABLE]["value"]
+    folder, _, file_name = path.rpartition("/")
+    (endpoints_mount,) = [m for m in wiring["volumeMounts"] if m["mountPath"].rstrip("/") == folder]
+    assert endpoints_mount.get("readOnly") is True
+    assert not endpoints_mount.get("subPath"), "a subPath mount never sees the ConfigMap's updates"
+    (endpoints_volume,) = [v for v in wiring["volumes"] if v["name"] == endpoints_mount["name"]]
+    configmap = _endpoints_configmap()
+    assert endpoints_volume["configMap"]["name"] == configmap["metadata"]["name"]
+    # Without `items`, each key of the ConfigMap is a file of that name in the folder.
+    assert "items" not in endpoints_volume["configMap"]
+    assert file_name in configmap["data"]
+    # A ConfigMap is mounted only in its own namespace: the release's.
+    assert configmap["metadata"]["namespace"] == RELEASE_NAMESPACE
+
+
+@pytest.mark.parametrize("pod", ["code server", "run"])
+def test_code_server_and_runs_serve_the_adapters_on_vllm(merged: dict[str, Any], pod: str) -> None:
+    env = {e["name"]: e for e in _pods_reading_endpoints(merged)[pod]["env"]}
+    serving = env["FTP_SERVING_ENDPOINT"]["value"]
+    assert serving == "vllm-base"
+    endpoint = yaml.safe_load(_endpoints_configmap()["data"]["endpoints.yaml"])["endpoints"][serving]
+    assert endpoint["kind"] == "vllm"
+    key = env[endpoint["api_key_env"]]
+    assert "value" not in key
+    # Optional: only the self_hosted path calls vLLM, so the openai path runs without the Secret.
+    assert key["valueFrom"]["secretKeyRef"] == {"name": endpoint["secret_name"], "key": "api-key", "optional": True}
+
+
+def test_every_endpoints_key_reaches_the_pods_from_its_secret(merged: dict[str, Any]) -> None:
+    """secret_name names the Secret the pods really take api_key_env from: through a secretKeyRef
+    (key `api-key`), or as a key of a Secret passed whole through envSecrets that
+    docs/kubernetes.md creates with that key."""
+    endpoints = yaml.safe_load(_endpoints_configmap()["data"]["endpoints.yaml"])["endpoints"]
+    for pod, wiring in _pods_reading_endpoints(merged).items():
+        env = {e["name"]: e for e in wiring["env"]}
+        whole = {s["name"] for s in wiring["envSecrets"]}
+        for name, endpoint in endpoints.items():
+            variable, secret = endpoint["api_key_env"], endpoint["secret_name"]
+            if variable in env:
+                assert env[variable]["valueFrom"]["secretKeyRef"]["name"] == secret, (pod, name)
+            else:
+                assert secret in whole, f"{pod}: {name}'s {variable} comes from no Secret {secret}"
+                assert variable in _secret_keys_in_docs(secret), (pod, name)
+
+
+def test_the_endpoints_file_loads_as_the_code_location_does(merged: dict[str, Any], tmp_path: Path) -> None:
+    """The code location's own check at load, on the run pods' variables and the ConfigMap's file."""
+    env = _plain_env(_pods_reading_endpoints(merged)["run"]["env"])
+    file_name = env[ENDPOINTS_VARIABLE].rpartition("/")[2]
+    mounted = tmp_path / file_name
+    mounted.write_text(_endpoints_configmap()["data"][file_name])
+    env[ENDPOINTS_VARIABLE] = str(mounted)
+    with mock.patch.dict(os.environ, env, clear=True):
+        settings = DeploymentSettings.from_environment(require_complete=False)
+        assert settings.endpoints()[settings.serving_endpoint].kind == "vllm"
+    misnamed = {**env, "FTP_SERVING_ENDPOINT": "vllm-bsae"}
+    with (
+        mock.patch.dict(os.environ, misnamed, clear=True),
+        pytest.raises(SettingsError, match="FTP_SERVING_ENDPOINT=vllm-bsae"),
+    ):
+        DeploymentSettings.from_environment(require_complete=False)

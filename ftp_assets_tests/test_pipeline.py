@@ -42,7 +42,7 @@ WINDOW = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoforma
 
 
 @pytest.fixture
-def cycle(request, local_openai, mlflow_server, mlflow_client, tmp_path):
+def cycle(request, local_openai, local_serving, mlflow_server, mlflow_client, tmp_path):
     """Posts in PostgreSQL (or SQLite, when parametrized so), resources on the real parts, an
     empty registry, a test instance."""
     if getattr(request, "param", "postgresql") == "sqlite":
@@ -60,6 +60,7 @@ def cycle(request, local_openai, mlflow_server, mlflow_client, tmp_path):
         "self_hosted_training": SelfHostedTraining(),
         "mlflow": MlflowResource(tracking_uri=mlflow_server),
         "experiment_settings": ExperimentSettings(),
+        "serving": local_serving,
     }
     with instance_for_test() as instance:
         yield db, resources, instance
@@ -101,13 +102,14 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
     start = running.started_at
     db.insert_posts(
         simulate_posts(
-            client_api,
+            {"openai": client_api},
             {"hook": running, "body": body_arm},
             start=start,
             end=start + timedelta(days=3),
             posts=1_500,
             first_id=10_000,
             seed=1,
+            workers=4,
         )
     )
     assert _evaluate(resources, instance, start + timedelta(hours=1)).output_for_node("ab_test_result").decision == (

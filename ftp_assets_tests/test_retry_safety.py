@@ -41,6 +41,7 @@ from ftp_assets.resources import (
     MlflowResource,
     PostsDatabaseResource,
     SelfHostedTraining,
+    ServingEndpoints,
 )
 from ftp_assets.training.assets import fine_tuned_model
 from ftp_assets.training.jobs import training_cycle
@@ -66,6 +67,7 @@ def training_cycle_from_env():
             "self_hosted_training": SelfHostedTraining(),
             "mlflow": MlflowResource(tracking_uri=EnvVar("MLFLOW_TRACKING_URI")),
             "experiment_settings": ExperimentSettings(),
+            "serving": ServingEndpoints(openai_base_url=EnvVar("OPENAI_BASE_URL")),
         },
     )
     return defs.resolve_job_def("training_cycle")

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from ftp_assets.domain.routing import assign_arm, bucket
+from ftp_assets.domain.routing import assign_arm, bucket, route
 
 # Computed once and checked by hand against `printf '%s' KEY | sha256sum` (first 16 hex digits,
 # shifted right by 11). The agent reimplements this hash: these values must never change.
@@ -98,3 +98,11 @@ def test_share_outside_the_unit_interval_is_an_error(share):
 def test_unit_id_must_be_a_string_or_an_integer(unit_id):
     with pytest.raises(TypeError, match="unit_id"):
         bucket("exp", unit_id)
+
+
+@given(experiment_id=st.text(max_size=40), unit_id=st.integers(min_value=0, max_value=2**63))
+def test_a_route_names_the_arms_model_and_endpoint(experiment_id, unit_id):
+    champion, challenger = ("gpt-4o-mini-2024-07-18", "openai"), ("threads-hook-sft-" + "0" * 24, "vllm-base")
+    routed = route(experiment_id, unit_id, 0.3, champion=champion, challenger=challenger)
+    assert routed.arm == assign_arm(experiment_id, unit_id, 0.3)
+    assert (routed.model, routed.endpoint) == (challenger if routed.arm == "challenger" else champion)

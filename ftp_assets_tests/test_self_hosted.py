@@ -10,8 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
+import httpx2
+import openai
 import pytest
 from dagster import build_asset_context, instance_for_test, materialize
 from dagster_openai import OpenAIResource
@@ -23,20 +26,26 @@ from ftp_assets.adapters.mlflow_registry import model_name
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.adapters.providers.base import FineTuneRequest, FineTuningFailed
 from ftp_assets.data.assets import engaged_posts, training_jsonl
-from ftp_assets.experiment.assets import ab_experiment
+from ftp_assets.doctor import run_checks
+from ftp_assets.experiment.assets import ab_experiment, registered_model
 from ftp_assets.resources import (
+    TINY_BASE_NAME,
     DatasetStorage,
     ExperimentSettings,
     FineTuningSettings,
     MlflowResource,
     PostsDatabaseResource,
     SelfHostedTraining,
+    ServingEndpoints,
 )
+from ftp_assets.settings import DeploymentSettings
 from ftp_assets.steps.data_path import TrainingDataset
+from ftp_assets.steps.experiment import AbTestResult
 from ftp_assets.training.assets import fine_tuned_model
 from ftp_assets.training.self_hosted import SelfHostedTrainer, job_id_for
 from ftp_assets_tests.corpus import WINDOW_END
 from ftp_demo.posts import generate_demo_posts
+from ftp_serving.server import running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoformat()}}}}
@@ -64,7 +73,7 @@ def test_self_hosted_training_registers_the_adapter_and_a_rerun_trains_nothing(
         "mlflow": MlflowResource(tracking_uri=mlflow_server),
         "experiment_settings": ExperimentSettings(),
     }
-    assets = [engaged_posts, training_jsonl, fine_tuned_model, ab_experiment]
+    assets = [engaged_posts, training_jsonl, fine_tuned_model]
     with instance_for_test() as instance:
         first = materialize(assets, partition_key="hook", run_config=WINDOW, resources=resources, instance=instance)
         model = first.output_for_node("fine_tuned_model")
@@ -105,11 +114,6 @@ def test_self_hosted_training_registers_the_adapter_and_a_rerun_trains_nothing(
             "created",
         )
 
-        # Registered, but not tested on users: nothing serves self-hosted adapters yet.
-        started = first.output_for_node("ab_experiment")
-        assert started.experiment_id is None and "not served" in started.not_started_reason
-        assert ExperimentStore(db.engine).running("hook") is None
-
         # The same materialization again: the finished adapter is reused, nothing is trained.
         second = materialize(assets, partition_key="hook", run_config=WINDOW, resources=resources, instance=instance)
         again = second.output_for_node("fine_tuned_model")
@@ -134,6 +138,132 @@ def test_self_hosted_training_registers_the_adapter_and_a_rerun_trains_nothing(
         assert any(str(missing) in message for message in errors), errors
         versions = mlflow_client.search_model_versions(f"name='{model_name('hook')}'")
         assert [str(v.version) for v in versions] == [model.registry_version]
+
+
+def test_a_self_hosted_challenger_is_served_gated_tested_against_the_openai_champion_and_retired(
+    pg_posts_url, mlflow_server, mlflow_client, tmp_path, isolated_ftp_home, monkeypatch
+):
+    """The adapter served on CPU by name from the trainer's folder (ftp-serve, as vLLM in
+    production), the readiness gate through that endpoint (a truncated adapter stops the
+    experiment), the experiment's arms on two endpoints, and a rejection that retires it."""
+    db = PostsDatabase(pg_posts_url)
+    db.init_schema()
+    db.insert_posts(generate_demo_posts(1_500, seed=3, end=WINDOW_END))
+    resources = {
+        "posts_db": PostsDatabaseResource(url=pg_posts_url),
+        "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets")),
+        "openai": OpenAIResource(api_key="sk-unused", base_url="http://127.0.0.1:9/v1"),
+        "fine_tuning": FineTuningSettings(provider="self_hosted"),
+        "self_hosted_training": SelfHostedTraining(**HYPERPARAMETERS),
+        "mlflow": MlflowResource(tracking_uri=mlflow_server),
+        "experiment_settings": ExperimentSettings(),
+    }
+    assets = [engaged_posts, training_jsonl, fine_tuned_model, ab_experiment]
+    base = isolated_ftp_home / "models" / "tiny-chat-base"
+    with instance_for_test() as instance:
+        # The base exists once the trainer built it; serving starts on it, as a deployment's would.
+        training = materialize(
+            assets[:3], partition_key="hook", run_config=WINDOW, resources=resources, instance=instance
+        )
+        model = training.output_for_node("fine_tuned_model")
+        weights = isolated_ftp_home / "adapters" / "hook" / model.job_id / "adapter" / "adapter_model.safetensors"
+        intact = weights.read_bytes()
+        with running_server(base, TINY_BASE_NAME, isolated_ftp_home / "adapters", threads=1) as server:
+            resources["serving"] = ServingEndpoints(serving_url=server.base_url, local_keys=True)
+            served = openai.OpenAI(base_url=server.base_url, api_key="no-key-local")
+
+            # A truncated weights file: serving refuses it by its hash, the gate stops the experiment.
+            weights.write_bytes(intact[: len(intact) // 2])
+            refused = materialize(
+                assets,
+                partition_key="hook",
+                run_config=WINDOW,
+                resources=resources,
+                instance=instance,
+                raise_on_error=False,
+            )
+            assert not refused.success
+            (failure,) = [event for event in refused.all_events if event.event_type_value == "STEP_FAILURE"]
+            message = failure.event_specific_data.error.message
+            assert f"{model.model_id} (version {model.registry_version}) failed the readiness gate" in message
+            assert "SHA-256" in message or "sha256" in message.lower(), message
+            assert ExperimentStore(db.engine).running("hook") is None
+            version = mlflow_client.get_model_version(model_name("hook"), model.registry_version)
+            assert version.tags["readiness"] == "failed" and "404" in version.tags["readiness_reason"]
+
+            # The intact bytes again: the challenger answers, the experiment starts across two endpoints.
+            weights.write_bytes(intact)
+            passed = materialize(
+                assets, partition_key="hook", run_config=WINDOW, resources=resources, instance=instance
+            )
+            started = passed.output_for_node("ab_experiment")
+            running = ExperimentStore(db.engine).running("hook")
+            assert running.experiment_id == started.experiment_id
+            assert (running.champion_model, running.champion_endpoint) == (
+                ExperimentSettings().hook_agent_model,
+                "openai",
+            )
+            assert (running.challenger_model, running.challenger_endpoint) == (model.model_id, "self_hosted")
+            version = mlflow_client.get_model_version(model_name("hook"), model.registry_version)
+            assert (version.tags["readiness"], version.tags["serving_endpoint"]) == ("passed", "self_hosted")
+            assert "readiness_reason" not in version.tags  # the earlier failure's reason is gone
+            gate = mlflow_client.download_artifacts(version.run_id, f"readiness/{model.model_id}.json", str(tmp_path))
+            generations = json.loads(Path(gate).read_text())["generations"]
+            assert len(generations) == 5 and all(g["reply"] and g["problem"] is None for g in generations)
+
+            # The agent's call: the routed arm's model by name at the routed endpoint, through openai.
+            challenger_unit = next(unit for unit in range(1_000) if running.route(unit).arm == "challenger")
+            route = running.route(challenger_unit)
+            assert (route.model, route.endpoint) == (model.model_id, "self_hosted")
+            reply = served.chat.completions.create(
+                model=route.model, messages=[{"role": "user", "content": "Morning routines"}], max_tokens=20
+            )
+            assert reply.choices[0].message.content
+
+            # ftp-assets doctor calls the serving endpoint and the running challenger by name ...
+            for variable, value in {
+                "FTP_PROVIDER": "self_hosted",
+                "FTP_SERVING_URL": server.base_url,
+                "FTP_POSTS_DB_URL": pg_posts_url,
+                "MLFLOW_TRACKING_URI": mlflow_server,
+            }.items():
+                monkeypatch.setenv(variable, value)
+            found = {check.name: check for check in run_checks(DeploymentSettings.from_environment())}
+            assert found["serving.self_hosted"].verdict == "ok", found["serving.self_hosted"]
+            assert found["serving.hook.challenger"].verdict == "ok", found["serving.hook.challenger"]
+            # ... and finds it broken once its bytes are: unloaded, then truncated, it no longer resolves.
+            served.post("/unload_lora_adapter", body={"lora_name": model.model_id}, cast_to=httpx2.Response)
+            weights.write_bytes(intact[:100])
+            broken = {check.name: check for check in run_checks(DeploymentSettings.from_environment())}
+            assert broken["serving.hook.challenger"].verdict == "FAIL"
+            assert "404" in broken["serving.hook.challenger"].detail
+            weights.write_bytes(intact)
+
+            # Rejected: the adapter is retired, and serving no longer resolves it.
+            rejection = AbTestResult(
+                task="hook",
+                experiment_id=running.experiment_id,
+                decision="reject",
+                reason="it loses",
+                champion_model=running.champion_model,
+                challenger_model=running.challenger_model,
+                registry_version=running.registry_version,
+                started_at=running.started_at,
+                evaluated_at=running.started_at + timedelta(days=7),
+                data_until=running.started_at + timedelta(days=6),
+                statistics={"lift": -0.1},
+            )
+            with build_asset_context(partition_key="hook", resources=resources) as context:
+                registered = registered_model(context, ab_test_result=rejection).value
+            assert registered.action == "rejected"
+            marker = isolated_ftp_home / "adapters" / "hook" / model.job_id / "retired.json"
+            assert "rejected" in json.loads(marker.read_text())["reason"]
+            version = mlflow_client.get_model_version(model_name("hook"), model.registry_version)
+            assert version.tags["serving"] == "retired"
+            with pytest.raises(openai.NotFoundError, match="retired"):
+                served.chat.completions.create(
+                    model=model.model_id, messages=[{"role": "user", "content": "Morning routines"}], max_tokens=5
+                )
 
 
 def test_the_trainer_pod_reads_and_writes_shared_storage_and_checkpoints_on_its_work_volume(tmp_path):

@@ -24,15 +24,18 @@ from ftp_assets.adapters.mlflow_registry import (
     log_fine_tune_run,
     model_name,
     register_challenger,
+    versions_to_retire,
 )
 from ftp_assets.adapters.posts_db import PostsDatabase, SelectionRule, Window
 from ftp_assets.adapters.providers.base import BudgetExceeded, FineTuneRequest, FineTuningTimeout, ProviderUnreachable
 from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider
+from ftp_assets.adapters.served_adapters import is_retired, retire_adapter
 from ftp_assets.domain.chat_format import auto_n_epochs
 from ftp_assets.resources import local_service_down
 from ftp_assets.steps.data_path import DatasetOptions, TrainingDataset, build_training_files, collect_engaged_posts
 from ftp_assets.steps.experiment import (
     AbTestResult,
+    ArmServing,
     DecisionRule,
     ExperimentError,
     apply_decision,
@@ -47,6 +50,7 @@ from ftp_assets.steps.fine_tune import (
     ProviderTrainer,
     fine_tune,
 )
+from ftp_assets.steps.readiness import Generation, Readiness
 from ftp_assets_tests.corpus import WINDOW_END, clean_posts, post
 
 AGENT_MODEL = "gpt-4o-mini-2024-07-18"
@@ -262,7 +266,7 @@ def store(posts) -> ExperimentStore:
     return store
 
 
-def challenger(client: MlflowClient, model_id: str, task: str = "hook") -> FineTunedModel:
+def challenger(client: MlflowClient, model_id: str, task: str = "hook", provider: str = "openai") -> FineTunedModel:
     """A fine-tuned model registered as the task's challenger, as fine_tune leaves it."""
     run_id = log_fine_tune_run(
         client, task=task, dagster_run_id="dagster-run", params={}, step_metrics=[], metrics={}, sample_path=None
@@ -276,6 +280,7 @@ def challenger(client: MlflowClient, model_id: str, task: str = "hook") -> FineT
         training_file_id="file-1",
         dataset_hash=f"hash-{model_id}",
         base_model=AGENT_MODEL,
+        provider=provider,
     )
     return FineTunedModel(
         task=task,
@@ -294,12 +299,26 @@ def aliases(client: MlflowClient, task: str = "hook") -> dict[str, str]:
     return {alias: str(version) for alias, version in client.get_registered_model(model_name(task)).aliases.items()}
 
 
-def start(client, store, model, started_at=STARTED, logs=None):
+def endpoint_answered(model: str, endpoint: str) -> Readiness:
+    """The gate's verdict on a model that answered well. These tests are about the registry and
+    the experiments table; the gate itself is tested against real servers (test_readiness.py)."""
+    return Readiness(model, endpoint, (Generation(prompt="topic", reply="A hook worth reading?"),), None)
+
+
+ARMS = ArmServing(
+    agent_model=AGENT_MODEL,
+    agent_endpoint="openai",
+    endpoint_for_provider=lambda provider: "self_hosted" if provider == "self_hosted" else "openai",
+    check=endpoint_answered,
+)
+
+
+def start(client, store, model, started_at=STARTED, logs=None, serving=ARMS):
     return start_experiment(
         client,
         store,
         model,
-        agent_model=AGENT_MODEL,
+        serving=serving,
         challenger_share=0.1,
         started_at=started_at,
         log=(logs if logs is not None else []).append,
@@ -338,7 +357,9 @@ def test_start_runs_the_challenger_against_the_agent_model_then_against_the_cham
     logs: list[str] = []
     started = start(registry, store, one, logs=logs)
     running = store.running("hook")
-    assert started.experiment_id == running.experiment_id and logs == []
+    assert started.experiment_id == running.experiment_id
+    assert logs == ["ft:one passed the readiness gate at 'openai' (1 validation prompt)."]
+    assert (running.champion_endpoint, running.challenger_endpoint) == ("openai", "openai")
     assert (started.champion_model, started.challenger_model, started.registry_version) == (
         AGENT_MODEL,
         "ft:one",
@@ -355,7 +376,7 @@ def test_start_runs_the_challenger_against_the_agent_model_then_against_the_cham
     # A re-run on the same dataset: the promotion stands, no second test.
     again = start(registry, store, one, logs=logs)
     assert again.experiment_id is None and store.running("hook") is None
-    assert logs == ["ft:one already has the decision 'promoted'; no new experiment is started."]
+    assert logs[-1] == "ft:one already has the decision 'promoted'; no new experiment is started."
 
     two = challenger(registry, "ft:two")
     against_champion = start(registry, store, two)
@@ -565,3 +586,44 @@ def _request_key(dataset: TrainingDataset, opts: FineTuneOptions) -> str:
         n_epochs=opts.n_epochs,
         seed=opts.seed,
     ).idempotency_key
+
+
+def test_after_each_decision_the_self_hosted_versions_no_alias_names_are_retired(registry, store, tmp_path):
+    """A rejected challenger at once; a champion once it is older than previous-champion; never the
+    champion, previous-champion (a rollback's target) or an OpenAI model."""
+    adapters = tmp_path / "adapters"
+    retired: list[str] = []
+
+    def retire(version) -> str:
+        tags = version.tags
+        (adapters / tags["task"] / tags["job_id"]).mkdir(parents=True, exist_ok=True)
+        (adapters / tags["task"] / tags["job_id"] / "manifest.json").write_text("{}")
+        retire_adapter(str(adapters), tags["task"], tags["job_id"], reason="test", retired_at=NOW)
+        retired.append(tags["provider_model_id"])
+        return "marked retired"
+
+    def decide(model: FineTunedModel, decision: str) -> str:
+        experiment_id = start(registry, store, model).experiment_id
+        return apply_decision(
+            registry, store, final_result(store, experiment_id, decision, "it decides"), retire=retire
+        )[1]
+
+    openai_one = challenger(registry, "ft:one")
+    decide(openai_one, "promote")
+    lost = challenger(registry, "threads-hook-sft-lost", provider="self_hosted")
+    note = decide(lost, "reject")
+    assert retired == ["threads-hook-sft-lost"] and "retired from serving: marked retired" in note
+    assert is_retired(str(adapters), "hook", "ftjob-threads-hook-sft-lost")
+
+    first = challenger(registry, "threads-hook-sft-a", provider="self_hosted")
+    decide(first, "promote")  # champion a, previous ft:one
+    decide(challenger(registry, "threads-hook-sft-b", provider="self_hosted"), "promote")
+    # champion b, previous a: ft:one is older but OpenAI's, so nothing is retired
+    assert retired == ["threads-hook-sft-lost"]
+    third = challenger(registry, "threads-hook-sft-c", provider="self_hosted")
+    decide(third, "promote")  # champion c, previous b: a is older than previous-champion
+    assert retired == ["threads-hook-sft-lost", "threads-hook-sft-a"]
+    version_a = registry.get_model_version(model_name("hook"), first.registry_version)
+    assert version_a.tags["serving"] == "retired"
+    # Deciding again retires nothing twice: the retired tag is read back.
+    assert versions_to_retire(registry, "hook") == []

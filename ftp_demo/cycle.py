@@ -3,7 +3,9 @@
 1. Synthetic posts (see :mod:`ftp_demo.posts`) in a demo posts database under
    FTP_HOME, recreated on every run, so the demo never writes to a database the user configured.
 2. The training cycle for both tasks (``engaged_posts`` -> ``training_jsonl`` ->
-   ``fine_tuned_model``) against the local OpenAI-compatible service, started here.
+   ``fine_tuned_model`` -> ``ab_experiment``) against the local OpenAI-compatible service,
+   started here; or, with ``--provider self_hosted``, with the self-hosted LoRA trainer on a tiny
+   base it builds, the base and adapters served on CPU by ``ftp-serve``.
 3. A SIMULATED week of the live experiment (``ftp_demo.live_week``), evaluated once a day by
    ``ab_test_result`` and ``registered_model`` until both tasks have a decision.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -38,8 +41,23 @@ PRODUCTION_SETTINGS = (
     "FTP_DEPLOYMENT",
     "FTP_STORAGE_URL",
     "FTP_AUTOMATION",
+    "FTP_PROVIDER",
+    "FTP_SELF_HOSTED_BASE_MODEL",
+    "FTP_ENDPOINTS_FILE",
+    "FTP_SERVING_URL",
+    "FTP_SERVING_ENDPOINT",
+    "FTP_AGENT_ENDPOINT",
 )
 SIMULATED_DAYS = 7
+POSTS_PER_DAY = 600
+# The self-hosted demo generates every post with a real (tiny) model on CPU: fewer posts a day,
+# written concurrently so that ftp-serve batches them, and half the traffic to the challenger so
+# that the smaller sample still decides within the week.
+SELF_HOSTED_POSTS_PER_DAY = 400
+SELF_HOSTED_WORKERS = 32
+SELF_HOSTED_SHARE = 0.5
+# A tiny base learns slowly at the default LoRA rate for billion-parameter models (2e-4).
+SELF_HOSTED_LEARNING_RATE = 2e-3
 FAST_POLLING = {"resources": {"fine_tuning": {"config": {"poll_initial_seconds": 0.5, "poll_max_seconds": 2.0}}}}
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -63,17 +81,20 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{value:+.1%}"
 
 
-def run_demo(*, posts: int, seed: int | None, posts_per_day: int = 600) -> None:
+def run_demo(*, posts: int, seed: int | None, posts_per_day: int | None = None, provider: str = "openai") -> None:
     """``seed`` None draws one, so that each run trains on new data: the same data again would
-    re-attach to the model an earlier run already judged, which starts no experiment."""
+    re-attach to the model an earlier run already judged, which starts no experiment.
+    ``provider`` "self_hosted" runs the cycle on the self-hosted path (see :func:`_self_hosted_cycle`)."""
     started = time.monotonic()
     if seed is None:
         seed = random.SystemRandom().randrange(1, 10_000)
-    repeat = f"{installed_command('ftp-assets')} demo --seed {seed}"
+    option = "" if provider == "openai" else f" --provider {provider}"
+    repeat = f"{installed_command('ftp-assets')} demo{option} --seed {seed}"
     print(f"Seed {seed} (`{repeat}` repeats this run's data and simulation in a fresh FTP_HOME).")
     ignored = [name for name in PRODUCTION_SETTINGS if os.environ.pop(name, None)]
     if ignored:
         print(f"The demo uses the embedded defaults only; ignoring {', '.join(ignored)}.")
+    os.environ["FTP_PROVIDER"] = provider
     home = ftp_home()
 
     _say(f"Synthetic posts ({SYNTHETIC_DATA_NOTICE})")
@@ -83,14 +104,17 @@ def run_demo(*, posts: int, seed: int | None, posts_per_day: int = 600) -> None:
     db.init_schema()
     print(f"{load_demo_posts(db, posts=posts, seed=seed)} posts written to {posts_file}")
 
-    from ftp_local_openai import running_service
+    if provider == "self_hosted":
+        _self_hosted_cycle(db, seed=seed, posts_per_day=posts_per_day or SELF_HOSTED_POSTS_PER_DAY)
+    else:
+        from ftp_local_openai import running_service
 
-    with running_service(home_path("local_openai"), step_seconds=0.01) as service:
-        os.environ["OPENAI_BASE_URL"] = service.base_url
-        os.environ["OPENAI_API_KEY"] = service.api_key
-        print(f"Local OpenAI-compatible service at {service.base_url} (state in {service.state_dir})")
-        _run_cycle(db, service, seed=seed, posts_per_day=posts_per_day)
-        os.environ.pop("OPENAI_API_KEY")
+        with running_service(home_path("local_openai"), step_seconds=0.01) as service:
+            os.environ["OPENAI_BASE_URL"] = service.base_url
+            os.environ["OPENAI_API_KEY"] = service.api_key
+            print(f"Local OpenAI-compatible service at {service.base_url} (state in {service.state_dir})")
+            _openai_cycle(db, service, seed=seed, posts_per_day=posts_per_day or POSTS_PER_DAY)
+            os.environ.pop("OPENAI_API_KEY")
 
     _say(f"Done in {time.monotonic() - started:.0f} s")
     print(f"State: {home}  (wipe it to start over)")
@@ -105,36 +129,137 @@ def run_demo(*, posts: int, seed: int | None, posts_per_day: int = 600) -> None:
     )
 
 
-def _run_cycle(db: PostsDatabase, service, *, seed: int, posts_per_day: int) -> None:
+def _train(task: str, run_config: dict, *, assets: Sequence[str] | None = None):
+    """The task's training cycle (or only ``assets`` of it) as the schedule runs it."""
+    from dagster import AssetKey, DagsterInstance
+
+    from ftp_assets.definitions import load_definitions
+
+    result = (
+        load_definitions()
+        .resolve_job_def("training_cycle")
+        .execute_in_process(
+            instance=DagsterInstance.get(),
+            partition_key=task,
+            run_config=run_config,
+            raise_on_error=False,
+            tags={"ftp/fine-tune-task": task},
+            asset_selection=[AssetKey(name) for name in assets] if assets else None,
+        )
+    )
+    if not result.success:
+        raise SystemExit(f"The {task} training run {result.run_id} failed; see the log above or `make ui`.")
+    return result
+
+
+def _trained(task: str, result) -> None:
+    dataset = result.output_for_node("training_jsonl")
+    model = result.output_for_node("fine_tuned_model")
+    print(
+        f"{task}: {dataset.training_examples} training / {dataset.validation_examples} validation examples, "
+        f"~{dataset.training_tokens:,.0f} tokens; fine-tuned {model.model_id} (job {model.job_id}), "
+        f"MLflow version {model.registry_version}"
+    )
+
+
+def _started(task: str, result) -> None:
+    started = result.output_for_node("ab_experiment")
+    print(
+        f"{task}: challenger {started.challenger_model} at endpoint {started.challenger_endpoint!r} passed the "
+        f"readiness gate; experiment against {started.champion_model} at {started.champion_endpoint!r}"
+    )
+
+
+def _openai_cycle(db: PostsDatabase, service, *, seed: int, posts_per_day: int) -> None:
+    """The OpenAI path: each task's whole training cycle against the local OpenAI-compatible service."""
     import openai
+
+    for task in TASKS:
+        _say(f"Training cycle for the {task} task")
+        result = _train(task, FAST_POLLING | QUIET_LOGS)
+        _trained(task, result)
+        _started(task, result)
+    client = openai.OpenAI(base_url=service.base_url, api_key=service.api_key)
+    _live_week(db, {"openai": client}, seed=seed, posts_per_day=posts_per_day, workers=1, run_config=QUIET_LOGS)
+
+
+def _self_hosted_cycle(db: PostsDatabase, *, seed: int, posts_per_day: int) -> None:
+    """The self-hosted path: the LoRA trainer (a subprocess through Dagster Pipes) builds the tiny
+    base on its first job and trains an adapter per task; ``ftp-serve`` then serves the base (the
+    first champion, as the agent's configured model) and the adapters on CPU, by name from the
+    trainer's folders; the experiments start once each adapter has passed the readiness gate there."""
+    import openai
+
+    from ftp_assets.resources import TINY_BASE_NAME, SelfHostedTraining
+    from ftp_serving.server import running_server
+
+    os.environ["FTP_AGENT_ENDPOINT"] = "self_hosted"
+    settings = {"hook_agent_model": TINY_BASE_NAME, "body_agent_model": TINY_BASE_NAME}
+    run_config = QUIET_LOGS | {
+        "resources": {
+            "experiment_settings": {"config": settings | {"challenger_share": SELF_HOSTED_SHARE}},
+            "self_hosted_training": {"config": {"learning_rate": SELF_HOSTED_LEARNING_RATE}},
+        }
+    }
+    training = SelfHostedTraining()
+    _say("The tiny base: a tokenizer and two layers trained briefly on all the demo posts (ftp_trainer.tiny_base)")
+    base_started = time.monotonic()
+    _build_base(db, training.base_model_location(), seed=training.seed)
+    print(f"{TINY_BASE_NAME} at {training.base_model_location()} in {time.monotonic() - base_started:.0f} s")
+    for task in TASKS:
+        _say(f"Training an adapter for the {task} task (the self-hosted LoRA trainer)")
+        _trained(task, _train(task, run_config, assets=["engaged_posts", "training_jsonl", "fine_tuned_model"]))
+
+    base, adapters = training.base_model_location(), training.adapters_root()
+    _say("Serving the base and its adapters on CPU (ftp-serve)")
+    with running_server(base, TINY_BASE_NAME, adapters, max_batch=SELF_HOSTED_WORKERS) as server:
+        os.environ["FTP_SERVING_URL"] = server.base_url
+        print(f"{TINY_BASE_NAME} and the adapters under {adapters} at {server.base_url}")
+        for task in TASKS:
+            _started(task, _train(task, run_config, assets=["ab_experiment"]))
+        client = openai.OpenAI(base_url=server.base_url, api_key="no-key-local", max_retries=0, timeout=120)
+        _live_week(
+            db,
+            {"self_hosted": client},
+            seed=seed,
+            posts_per_day=posts_per_day,
+            workers=SELF_HOSTED_WORKERS,
+            run_config=run_config,
+        )
+
+
+def _build_base(db: PostsDatabase, folder: str, *, seed: int) -> None:
+    """The first champion: a base that writes like the average post (every post, engaged or not,
+    as chats of both tasks), so that an adapter on the engaged posts has something to add. The
+    trainer reuses a finished base at this folder rather than build one from its training file."""
+    from ftp_assets.domain.dataset import build_example, system_message
+    from ftp_trainer.tiny_base import build_tiny_base
+
+    columns = db.table.c
+    query = sa.select(columns.persona_id, columns.original_input, columns.hook, columns.body)
+    with db.engine.connect() as conn:
+        rows = [tuple(map(str, row)) for row in conn.execute(query) if all(isinstance(value, str) for value in row)]
+    texts = [
+        message["content"]
+        for persona, topic, hook, body in rows
+        for task in TASKS
+        for message in build_example(task, system_message(persona, task, {}), topic, hook, body)["messages"]
+    ]
+    build_tiny_base(texts, folder, seed=seed, threads=2)
+
+
+def _live_week(
+    db: PostsDatabase, clients: Mapping[str, object], *, seed: int, posts_per_day: int, workers: int, run_config: dict
+) -> None:
+    """A SIMULATED week of both experiments, evaluated once a simulated day until both decide."""
     from dagster import DagsterInstance
 
     from ftp_assets.adapters.experiments_store import ExperimentStore
-    from ftp_assets.definitions import defs
+    from ftp_assets.definitions import load_definitions
     from ftp_assets.resources import ExperimentSettings
     from ftp_demo.live_week import simulate_posts
 
-    instance = DagsterInstance.get()
-    for task in TASKS:
-        _say(f"Training cycle for the {task} task")
-        result = defs.resolve_job_def("training_cycle").execute_in_process(
-            instance=instance,
-            partition_key=task,
-            run_config=FAST_POLLING | QUIET_LOGS,
-            raise_on_error=False,
-            tags={"ftp/fine-tune-task": task},
-        )
-        if not result.success:
-            raise SystemExit(f"The {task} training run {result.run_id} failed; see the log above or `make ui`.")
-        dataset = result.output_for_node("training_jsonl")
-        model = result.output_for_node("fine_tuned_model")
-        started = result.output_for_node("ab_experiment")
-        print(
-            f"{task}: {dataset.training_examples} training / {dataset.validation_examples} validation examples, "
-            f"~{dataset.training_tokens:,.0f} tokens; fine-tuned {model.model_id} (job {model.job_id}); "
-            f"MLflow version {model.registry_version} is challenger against {started.champion_model}"
-        )
-
+    defs, instance = load_definitions(), DagsterInstance.get()
     store = ExperimentStore(db.engine)
     experiments: dict[str, Experiment] = {}
     for task in TASKS:
@@ -148,7 +273,6 @@ def _run_cycle(db: PostsDatabase, service, *, seed: int, posts_per_day: int) -> 
         experiments[task] = running
     started_at = max(e.started_at for e in experiments.values())
     maturity = timedelta(hours=ExperimentSettings().maturity_hours)
-    client = openai.OpenAI(base_url=service.base_url, api_key=service.api_key)
     decisions: dict[str, tuple[AbTestResult, RegisteredModel]] = {}
 
     _say(
@@ -158,13 +282,14 @@ def _run_cycle(db: PostsDatabase, service, *, seed: int, posts_per_day: int) -> 
     for day in range(1, SIMULATED_DAYS + 2):
         if day <= SIMULATED_DAYS:
             rows = simulate_posts(
-                client,
+                clients,  # type: ignore[arg-type]
                 experiments,
                 start=started_at + timedelta(days=day - 1),
                 end=started_at + timedelta(days=day),
                 posts=posts_per_day,
                 first_id=next_post_id(db),
                 seed=seed * 1000 + day,
+                workers=workers,
             )
             db.insert_posts(rows)
         look = started_at + timedelta(days=day) + timedelta(minutes=1)
@@ -173,11 +298,9 @@ def _run_cycle(db: PostsDatabase, service, *, seed: int, posts_per_day: int) -> 
         for task in TASKS:
             if task in decisions:
                 continue
+            evaluation = {"ops": {"ab_test_result": {"config": {"evaluated_at": look.isoformat()}}}}
             run = defs.resolve_job_def("experiment_evaluation").execute_in_process(
-                instance=instance,
-                partition_key=task,
-                raise_on_error=False,
-                run_config={"ops": {"ab_test_result": {"config": {"evaluated_at": look.isoformat()}}}} | QUIET_LOGS,
+                instance=instance, partition_key=task, raise_on_error=False, run_config=run_config | evaluation
             )
             if not run.success:
                 raise SystemExit(f"The {task} evaluation run {run.run_id} failed; see the log above or `make ui`.")

@@ -28,10 +28,14 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 from ftp_assets.adapters.posts_db import PostsDatabaseError, UTCDateTime, as_utc
+from ftp_assets.domain.routing import Route, route
 
 RUNNING, PROMOTED, REJECTED, SUPERSEDED = "running", "promoted", "rejected", "superseded"
 # Closed by a rollback: its control arm was a champion no longer served.
 CANCELLED = "cancelled"
+
+# The endpoint of arms recorded before endpoints were (the OpenAI path), and the default.
+DEFAULT_ENDPOINT = "openai"
 
 # Shipped inside the package (pyproject.toml's package-data): no alembic.ini to find.
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -78,6 +82,9 @@ experiments = sa.Table(
     sa.Column("decision", sa.Text),
     sa.Column("reason", sa.Text),
     sa.Column("statistics", sa.Text),  # JSON of the deciding analysis
+    # Where the agent calls each arm's model: a name of the endpoints file (revision 0003).
+    sa.Column("champion_endpoint", sa.Text, nullable=False, server_default=DEFAULT_ENDPOINT),
+    sa.Column("challenger_endpoint", sa.Text, nullable=False, server_default=DEFAULT_ENDPOINT),
     sa.CheckConstraint("challenger_share > 0 AND challenger_share < 1", name="ck_ftp_experiments_share"),
     # At most one running experiment per task: the agent must never see two.
     sa.Index(
@@ -102,6 +109,19 @@ class Experiment:
     registry_version: str | None
     decision: str | None = None
     reason: str | None = None
+    champion_endpoint: str = DEFAULT_ENDPOINT
+    challenger_endpoint: str = DEFAULT_ENDPOINT
+
+    def route(self, unit_id: str | int) -> Route:
+        """The arm, model and endpoint that serve ``unit_id`` (the agent's call, reimplementable
+        from ftp_assets/domain/routing.py's docstring)."""
+        return route(
+            self.experiment_id,
+            unit_id,
+            self.challenger_share,
+            champion=(self.champion_model, self.champion_endpoint),
+            challenger=(self.challenger_model, self.challenger_endpoint),
+        )
 
 
 def _experiment(row) -> Experiment:
@@ -200,6 +220,13 @@ class ExperimentStore:
             ).first()
         return _experiment(row) if row else None
 
+    def all_running(self) -> list[Experiment]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(experiments).where(experiments.c.status == RUNNING).order_by(experiments.c.task)
+            )
+        return [_experiment(row) for row in rows]
+
     def get(self, experiment_id: str) -> Experiment | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(experiments).where(experiments.c.experiment_id == experiment_id)).first()
@@ -214,11 +241,14 @@ class ExperimentStore:
         challenger_share: float,
         started_at: datetime,
         registry_version: str | None,
+        champion_endpoint: str = DEFAULT_ENDPOINT,
+        challenger_endpoint: str = DEFAULT_ENDPOINT,
     ) -> Experiment:
         """Start an experiment, closing the task's running one as superseded in the same
         transaction. Starting the same challenger again returns the running experiment."""
         current = self.running(task)
-        if current and current.challenger_model == challenger_model and current.champion_model == champion_model:
+        same_arms = (current.champion_model, current.champion_endpoint, current.challenger_model) if current else None
+        if current and same_arms == (champion_model, champion_endpoint, challenger_model):
             return current
         started = Experiment(
             experiment_id=f"{task}-{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
@@ -229,6 +259,8 @@ class ExperimentStore:
             started_at=as_utc(started_at),
             status=RUNNING,
             registry_version=registry_version,
+            champion_endpoint=champion_endpoint,
+            challenger_endpoint=challenger_endpoint,
         )
         experiment_id = started.experiment_id
         with self.engine.begin() as conn:

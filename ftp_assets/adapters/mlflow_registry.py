@@ -49,6 +49,9 @@ PREVIOUS_CHAMPION = "previous-champion"
 DECISION_TAG = "decision"
 REASON_TAG = "reason"
 ROLLED_BACK_TAG = "rolled_back"
+# A self-hosted version whose adapter serving may no longer resolve (docs/serving.md#retirement).
+SERVING_TAG = "serving"
+RETIRED = "retired"
 # Which provider made the version: "openai" (or a compatible API) or "self_hosted". Versions
 # registered before the tag existed are OpenAI's.
 PROVIDER_TAG = "provider"
@@ -428,6 +431,33 @@ def _create_registered_model_if_missing(client: MlflowClient, name: str, task: s
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+
+
+def versions_to_retire(client: MlflowClient, task: str) -> list[ModelVersion]:
+    """Self-hosted versions no longer needed for serving: decided, named by no alias (so neither
+    champion, previous-champion, a rollback's target, nor the challenger) and not yet retired."""
+    name = model_name(task)
+    kept = set(_aliases(client, name).values())
+    retire = []
+    page_token = None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", page_token=page_token)
+        for version in page:
+            tags = version.tags
+            if (
+                tags.get(PROVIDER_TAG) == "self_hosted"
+                and DECISION_TAG in tags
+                and str(version.version) not in kept
+                and tags.get(SERVING_TAG) != RETIRED
+            ):
+                retire.append(version)
+        page_token = page.token
+        if not page_token:
+            return sorted(retire, key=lambda version: int(version.version))
+
+
+def mark_retired(client: MlflowClient, task: str, version: str | int) -> None:
+    client.set_model_version_tag(model_name(task), str(version), SERVING_TAG, RETIRED)
 
 
 def _version_of_provider_model(client: MlflowClient, name: str, provider_model_id: str) -> ModelVersion | None:

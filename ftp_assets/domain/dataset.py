@@ -38,6 +38,11 @@ TASK_INSTRUCTIONS = {
     "body": "Given the topic and the hook, write the body of the post: a few short, concrete lines.",
 }
 
+# A reply fit to post: Threads takes 500 characters a post, and a hook is the first line of one.
+REPLY_MAX_CHARS = {"hook": 280, "body": 500}
+# The token budget the agent (and the readiness gate) asks a reply of each task for.
+REPLY_MAX_TOKENS = {"hook": 40, "body": 120}
+
 
 def system_message(persona_id: str, task: str, templates: Mapping[str, str]) -> str:
     """The persona's template (or the ``default`` one) filled in for the task."""

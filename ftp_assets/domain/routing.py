@@ -10,6 +10,9 @@ The algorithm, exactly (any language with SHA-256 and 64-bit integers can reprod
    and the bucket lies in [0, 1) (dividing all 64 bits by 2**64 can round up to 1.0).
 4. The unit is served by the challenger when ``bucket < challenger_share``, else by the champion.
 
+The experiments table gives the agent, per arm, the model id and the name of the endpoint that
+serves it (docs/serving.md's endpoints file): :func:`route` returns the three together.
+
 Consequences the experiment relies on: the same unit always gets the same arm; buckets are uniform,
 so the challenger's share of units matches ``challenger_share`` up to binomial noise; a unit in the
 challenger arm at share ``s`` stays there at any larger share (ramping up never moves a unit back);
@@ -19,6 +22,7 @@ and different experiments hash the same unit independently.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Literal
 
 Arm = Literal["challenger", "champion"]
@@ -47,3 +51,26 @@ def assign_arm(experiment_id: str, unit_id: str | int, challenger_share: float) 
     if not 0.0 <= challenger_share <= 1.0:
         raise ValueError(f"challenger_share must lie in [0, 1], got {challenger_share!r}")
     return "challenger" if bucket(experiment_id, unit_id) < challenger_share else "champion"
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the agent calls for a unit: the arm, the model id, and the endpoint's name."""
+
+    arm: Arm
+    model: str
+    endpoint: str
+
+
+def route(
+    experiment_id: str,
+    unit_id: str | int,
+    challenger_share: float,
+    *,
+    champion: tuple[str, str],
+    challenger: tuple[str, str],
+) -> Route:
+    """The unit's arm (:func:`assign_arm`) with that arm's ``(model, endpoint)``."""
+    arm = assign_arm(experiment_id, unit_id, challenger_share)
+    model, endpoint = challenger if arm == "challenger" else champion
+    return Route(arm=arm, model=model, endpoint=endpoint)

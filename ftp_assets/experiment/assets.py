@@ -6,14 +6,27 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dagster import AssetExecutionContext, AssetRecordsFilter, Config, Failure, MetadataValue, Output, asset
+from mlflow.entities.model_registry import ModelVersion
 from pydantic import Field
 
+from ftp_assets.adapters.endpoints import EndpointsError, unload_adapter
+from ftp_assets.adapters.served_adapters import retire_adapter
 from ftp_assets.metadata import arms_table, lift_history_plot
 from ftp_assets.partitions import task_partitions
-from ftp_assets.resources import ExperimentSettings, MlflowResource, PostsDatabaseResource
+from ftp_assets.resources import (
+    DatasetStorage,
+    ExperimentSettings,
+    MlflowResource,
+    PostsDatabaseResource,
+    SelfHostedTraining,
+    ServingEndpoints,
+)
 from ftp_assets.run_context import configured_instant
+from ftp_assets.steps.data_path import TrainingDataset
 from ftp_assets.steps.experiment import (
+    SERVING_ENDPOINT_TAG,
     AbTestResult,
+    ArmServing,
     ExperimentError,
     RegisteredModel,
     StartedExperiment,
@@ -22,6 +35,7 @@ from ftp_assets.steps.experiment import (
     start_experiment,
 )
 from ftp_assets.steps.fine_tune import FineTunedModel
+from ftp_assets.steps.readiness import Readiness, check_readiness, validation_prompts
 
 HISTORY_LOOKS = 50
 
@@ -30,32 +44,56 @@ HISTORY_LOOKS = 50
     partitions_def=task_partitions,
     group_name="experiment",
     kinds={"sql", "mlflow"},
-    description="The live A/B experiment of the task's new challenger against its champion, "
-    "started in the experiments table the agent reads (none for a model already judged).",
+    description="The live A/B experiment of the task's new challenger against its champion, started in the "
+    "experiments table the agent reads once the challenger passed the readiness gate at its endpoint "
+    "(none for a model already judged).",
 )
 def ab_experiment(
     context: AssetExecutionContext,
     fine_tuned_model: FineTunedModel,
+    training_jsonl: TrainingDataset,
     mlflow: MlflowResource,
     posts_db: PostsDatabaseResource,
     experiment_settings: ExperimentSettings,
+    serving: ServingEndpoints,
+    dataset_storage: DatasetStorage,
 ) -> Output[StartedExperiment]:
+    task = context.partition_key
+    # The gate asks prompts the model never trained on; a run in another pod fetches the file.
+    prompts_file = training_jsonl.validation_path or training_jsonl.training_path
+    prompts = validation_prompts(dataset_storage.local_file(prompts_file, training_jsonl.shared_folder))
+
+    def check(model: str, endpoint: str) -> Readiness:
+        with serving.client(endpoint) as client:
+            return check_readiness(client, model, endpoint, task, prompts)
+
+    arms = ArmServing(
+        agent_model=experiment_settings.agent_model(task),
+        agent_endpoint=serving.agent_endpoint,
+        endpoint_for_provider=serving.for_provider,
+        check=check,
+    )
     with mlflow.errors():
-        started = start_experiment(
-            mlflow.client(),
-            posts_db.experiments(),
-            fine_tuned_model,
-            agent_model=experiment_settings.agent_model(context.partition_key),
-            challenger_share=experiment_settings.challenger_share,
-            started_at=datetime.now(UTC),
-            log=context.log.info,
-        )
+        try:
+            started = start_experiment(
+                mlflow.client(),
+                posts_db.experiments(),
+                fine_tuned_model,
+                serving=arms,
+                challenger_share=experiment_settings.challenger_share,
+                started_at=datetime.now(UTC),
+                log=context.log.info,
+            )
+        except (ExperimentError, EndpointsError) as error:
+            raise Failure(str(error)) from None
     return Output(
         started,
         metadata={
             "experiment_id": started.experiment_id or f"none: {started.not_started_reason}",
             "champion_model": started.champion_model,
+            "champion_endpoint": started.champion_endpoint,
             "challenger_model": started.challenger_model,
+            "challenger_endpoint": started.challenger_endpoint,
             "challenger_share": experiment_settings.challenger_share,
             "registry_version": started.registry_version,
         },
@@ -170,11 +208,33 @@ def registered_model(
     ab_test_result: AbTestResult,
     mlflow: MlflowResource,
     posts_db: PostsDatabaseResource,
+    serving: ServingEndpoints,
+    self_hosted_training: SelfHostedTraining,
 ) -> Output[RegisteredModel]:
     store = posts_db.experiments()
+    adapters_root = self_hosted_training.adapters_root()
+
+    def retire(version: ModelVersion) -> str:
+        tags = version.tags
+        retire_adapter(
+            adapters_root,
+            tags["task"],
+            tags["job_id"],
+            reason=f"version {version.version}: {tags.get('decision')}, no longer champion, previous or challenger",
+            retired_at=datetime.now(UTC),
+        )
+        endpoint = tags.get(SERVING_ENDPOINT_TAG) or serving.for_provider("self_hosted")
+        try:
+            with serving.client(endpoint, timeout_s=10) as client:
+                problem = unload_adapter(client, tags["provider_model_id"])
+        except EndpointsError as error:  # no key here to call the endpoint with: still retired
+            problem = str(error)
+        # Best effort: a retired adapter is never resolved again; see docs/serving.md#retirement.
+        return f"marked retired, unloaded from {endpoint!r}" if problem is None else f"marked retired ({problem})"
+
     with mlflow.errors():
         try:
-            registered, note = apply_decision(mlflow.client(), store, ab_test_result)
+            registered, note = apply_decision(mlflow.client(), store, ab_test_result, retire=retire)
         except ExperimentError as error:
             raise Failure(str(error)) from None
     context.log.info(note)

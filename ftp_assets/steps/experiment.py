@@ -8,26 +8,30 @@ The experiment assets, the rollback job and ``ftp-assets rollback`` call these f
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 
-from ftp_assets.adapters.experiments_store import RUNNING, ExperimentStore
+from ftp_assets.adapters.experiments_store import DEFAULT_ENDPOINT, RUNNING, ExperimentStore
 from ftp_assets.adapters.mlflow_registry import (
     DECISION_TAG,
     PROVIDER_TAG,
     champion,
+    mark_retired,
     model_name,
     promote,
     reject,
     rollback,
     rollback_plan,
+    versions_to_retire,
 )
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.domain.ab_stats import Analysis, analyze, decide
 from ftp_assets.steps.fine_tune import FineTunedModel
+from ftp_assets.steps.readiness import Readiness
 
 # The decision's statistics copied to the model version's tags (prefixed "ab_").
 DECISION_TAG_FIELDS = (
@@ -57,10 +61,35 @@ class StartedExperiment:
     registry_version: str
     # Why no experiment was started, when none was.
     not_started_reason: str | None = None
+    champion_endpoint: str = DEFAULT_ENDPOINT
+    challenger_endpoint: str = DEFAULT_ENDPOINT
 
 
-# Versions made by the self-hosted trainer: registered, but not yet served to the agent.
-SELF_HOSTED = "self_hosted"
+# The model version's endpoint (set when its experiment starts), and its readiness gate's verdict.
+SERVING_ENDPOINT_TAG = "serving_endpoint"
+READINESS_TAG = "readiness"
+READINESS_REASON_TAG = "readiness_reason"
+
+
+class ChallengerNotReady(ExperimentError):
+    """The challenger failed the readiness gate; the message is one sentence saying why."""
+
+
+@dataclass(frozen=True)
+class ArmServing:
+    """Where the arms are served and how a challenger is checked before users see it."""
+
+    agent_model: str  # the first champion, before any promotion
+    agent_endpoint: str
+    endpoint_for_provider: Callable[[str], str]
+    # (model id, endpoint name) -> the readiness gate's result (steps/readiness.py).
+    check: Callable[[str, str], Readiness]
+
+    def endpoint_of(self, version_tags: Mapping[str, str]) -> str:
+        """A version's endpoint: the one recorded on it, else its provider's."""
+        return version_tags.get(SERVING_ENDPOINT_TAG) or self.endpoint_for_provider(
+            version_tags.get(PROVIDER_TAG, "openai")
+        )
 
 
 @dataclass(frozen=True)
@@ -112,32 +141,48 @@ def start_experiment(
     store: ExperimentStore,
     model: FineTunedModel,
     *,
-    agent_model: str,
+    serving: ArmServing,
     challenger_share: float,
     started_at: datetime,
     log: Callable[[str], None],
 ) -> StartedExperiment:
-    """Start the challenger's experiment against the task's champion (``agent_model`` before the
-    first promotion). A model already judged starts none: its decision stands."""
+    """Start the challenger's experiment against the task's champion (``serving.agent_model``
+    before the first promotion), once the challenger has passed the readiness gate at the
+    endpoint that serves it. A model already judged starts none: its decision stands.
+
+    Raises :class:`ChallengerNotReady` when the gate fails, after tagging the version with why;
+    the gate's generations are logged to the version's MLflow run either way."""
     task = model.task
     version = client.get_model_version(model_name(task), model.registry_version)
     current = champion(client, task)
-    champion_model = current.tags["provider_model_id"] if current else agent_model
+    if current is not None:
+        champion_model, champion_endpoint = current.tags["provider_model_id"], serving.endpoint_of(current.tags)
+    else:
+        champion_model, champion_endpoint = serving.agent_model, serving.agent_endpoint
+    challenger_endpoint = serving.endpoint_of(version.tags)
     experiment_id = None
     reason = None
     if DECISION_TAG in version.tags or champion_model == model.model_id:
         # A re-run on a dataset whose model was already judged: the decision stands, no second test.
         reason = f"{model.model_id} already has the decision '{version.tags.get(DECISION_TAG, 'promoted')}'"
         log(f"{reason}; no new experiment is started.")
-    elif version.tags.get(PROVIDER_TAG) == SELF_HOSTED:
-        # Users would call a model nothing serves yet: adapters are served, and checked by a
-        # readiness gate, before their first experiment (docs/trainer.md#serving).
-        reason = (
-            f"{model.model_id} (version {model.registry_version}) is a self-hosted adapter, and self-hosted "
-            "adapters are not served to the agent yet"
-        )
-        log(f"{reason}: it is registered, but no live experiment is started for it.")
     else:
+        name = model_name(task)
+        if version.tags.get(SERVING_ENDPOINT_TAG) != challenger_endpoint:
+            client.set_model_version_tag(name, version.version, SERVING_ENDPOINT_TAG, challenger_endpoint)
+        readiness = serving.check(model.model_id, challenger_endpoint)
+        # Beside the adapter, in the version's run (a re-run of the training step logs a run of its own).
+        client.log_dict(version.run_id or model.mlflow_run_id, readiness.as_dict(), f"readiness/{model.model_id}.json")
+        client.set_model_version_tag(name, version.version, READINESS_TAG, "passed" if readiness.ready else "failed")
+        if readiness.failure is not None:
+            client.set_model_version_tag(name, version.version, READINESS_REASON_TAG, readiness.failure)
+            raise ChallengerNotReady(
+                f"{model.model_id} (version {model.registry_version}) failed the readiness gate at endpoint "
+                f"{challenger_endpoint!r}, so no experiment was started: {readiness.failure.rstrip('.')}."
+            )
+        if READINESS_REASON_TAG in version.tags:  # an earlier failure's reason no longer holds
+            client.delete_model_version_tag(name, version.version, READINESS_REASON_TAG)
+        log(f"{model.model_id} passed the readiness gate at {challenger_endpoint!r} ({prompts_of(readiness)}).")
         experiment_id = store.start(
             task=task,
             champion_model=champion_model,
@@ -145,6 +190,8 @@ def start_experiment(
             challenger_share=challenger_share,
             started_at=started_at,
             registry_version=model.registry_version,
+            champion_endpoint=champion_endpoint,
+            challenger_endpoint=challenger_endpoint,
         ).experiment_id
     return StartedExperiment(
         task=task,
@@ -153,7 +200,14 @@ def start_experiment(
         challenger_model=model.model_id,
         registry_version=model.registry_version,
         not_started_reason=reason,
+        champion_endpoint=champion_endpoint,
+        challenger_endpoint=challenger_endpoint,
     )
+
+
+def prompts_of(readiness: Readiness) -> str:
+    count = len(readiness.generations)
+    return f"{count} validation prompt{'' if count == 1 else 's'}"
 
 
 def evaluate_experiment(
@@ -223,9 +277,19 @@ def evaluate_experiment(
     return Evaluation(result, analysis, outcomes.excluded_impossible)
 
 
-def apply_decision(client: MlflowClient, store: ExperimentStore, result: AbTestResult) -> tuple[RegisteredModel, str]:
+def apply_decision(
+    client: MlflowClient,
+    store: ExperimentStore,
+    result: AbTestResult,
+    *,
+    retire: Callable[[ModelVersion], str] | None = None,
+) -> tuple[RegisteredModel, str]:
     """Apply a final decision to the registry and the experiments table (``continue`` changes
     nothing); the registry's champion afterwards, and a note saying what was done.
+
+    After a final decision, ``retire`` is called for each self-hosted version no longer needed
+    (:func:`~ftp_assets.adapters.mlflow_registry.versions_to_retire`: a rejected challenger, a
+    champion older than previous-champion), which is then tagged retired; it says what it did.
 
     Applying the same decision again changes nothing. Raises :class:`ExperimentError` when the
     experiment is unknown or was closed otherwise (superseded, or decided differently), and the
@@ -268,6 +332,9 @@ def apply_decision(client: MlflowClient, store: ExperimentStore, result: AbTestR
             decided_at=result.evaluated_at,
         )
         note = f"Version {result.registry_version} {action}: {result.reason}" + ("" if changed else " (already done)")
+        if retire is not None:
+            retired = [retire_version(client, task, version, retire) for version in versions_to_retire(client, task)]
+            note += "".join(f" {line}" for line in retired)
     current = champion(client, task)
     registered = RegisteredModel(
         task=task,
@@ -276,6 +343,15 @@ def apply_decision(client: MlflowClient, store: ExperimentStore, result: AbTestR
         champion_model=current.tags.get("provider_model_id") if current else None,
     )
     return registered, note
+
+
+def retire_version(
+    client: MlflowClient, task: str, version: ModelVersion, retire: Callable[[ModelVersion], str]
+) -> str:
+    """Retire one version's adapter from serving, then tag the version so (a repeat skips it)."""
+    done = retire(version)
+    mark_retired(client, task, version.version)
+    return f"Version {version.version} ({version.tags.get('provider_model_id')}) retired from serving: {done}."
 
 
 def rollback_champion_of(client: MlflowClient, store: ExperimentStore, task: str, *, now: datetime) -> str:

@@ -24,6 +24,7 @@ from upath import UPath
 
 from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
 from ftp_assets.adapters.providers.base import FineTuneRequest, FineTuneResult, FineTuningFailed, StepMetrics
+from ftp_assets.adapters.served_adapters import adapter_folder
 from ftp_assets.adapters.trainer_pods import TrainerPodError
 from ftp_assets.home import home_path
 from ftp_assets.resources import DatasetStorage, SelfHostedTraining
@@ -66,7 +67,7 @@ class SelfHostedTrainer:
 
     def train(self, request: FineTuneRequest, *, estimated_cost_usd: float) -> FineTuneResult:
         job_id = job_id_for(request)
-        destination = self._adapters_root() / request.task / job_id
+        destination = adapter_folder(self.settings.adapters_root(), request.task, job_id)
         log = self.context.log.info
         finished = _finished(destination, job_id)
         if finished is not None:
@@ -99,9 +100,6 @@ class SelfHostedTrainer:
             artifacts_dir=self._local_copy(destination, job_id),
             gpu_hour_usd=self.settings.gpu_hour_usd,
         )
-
-    def _adapters_root(self) -> UPath:
-        return UPath(self.settings.adapters_url) if self.settings.adapters_url else UPath(home_path("adapters"))
 
     def _arguments(self, request: FineTuneRequest, job_id: str, destination: UPath, *, in_pod: bool) -> list[str]:
         dataset = self.dataset
