@@ -51,10 +51,10 @@ PRODUCTION_SETTINGS = (
 SIMULATED_DAYS = 7
 POSTS_PER_DAY = 600
 # The self-hosted demo generates every post with a real (tiny) model on CPU: fewer posts a day,
-# written concurrently so that ftp-serve batches them, and half the traffic to the challenger so
-# that the smaller sample still decides within the week.
+# written concurrently so that ftp-serve batches them (64 in flight: two models, two batches of 32),
+# and half the traffic to the challenger so that the smaller sample still decides within the week.
 SELF_HOSTED_POSTS_PER_DAY = 400
-SELF_HOSTED_WORKERS = 32
+SELF_HOSTED_WORKERS = 64
 SELF_HOSTED_SHARE = 0.5
 # A tiny base learns slowly at the default LoRA rate for billion-parameter models (2e-4).
 SELF_HOSTED_LEARNING_RATE = 2e-3
@@ -90,7 +90,8 @@ def run_demo(*, posts: int, seed: int | None, posts_per_day: int | None = None, 
         seed = random.SystemRandom().randrange(1, 10_000)
     option = "" if provider == "openai" else f" --provider {provider}"
     repeat = f"{installed_command('ftp-assets')} demo{option} --seed {seed}"
-    print(f"Seed {seed} (`{repeat}` repeats this run's data and simulation in a fresh FTP_HOME).")
+    again = "data and simulation" if provider == "openai" else "data (CPU generations in batches vary slightly)"
+    print(f"Seed {seed} (`{repeat}` repeats this run's {again} in a fresh FTP_HOME).")
     ignored = [name for name in PRODUCTION_SETTINGS if os.environ.pop(name, None)]
     if ignored:
         print(f"The demo uses the embedded defaults only; ignoring {', '.join(ignored)}.")
