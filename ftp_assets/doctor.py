@@ -568,7 +568,9 @@ def check_serving(context: _Context) -> list[Check]:
     except EndpointsError as error:
         return [Check("serving", FAIL, str(error), "correct FTP_ENDPOINTS_FILE.")]
     store = _experiments(context) if "experiments.migrations" not in context.failed else None
-    running = store.all_running() if store else []
+    if store is None:  # which endpoints the running experiments name is unknown
+        return [_not_checked("serving", "experiments.migrations")]
+    running = store.all_running()
     arms = [
         (f"{experiment.task}.{arm}", model, endpoint)
         for experiment in running

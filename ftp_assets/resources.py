@@ -347,12 +347,11 @@ class ServingEndpoints(ConfigurableResource):
     local_keys: bool = False
 
     def endpoints(self) -> dict[str, Endpoint]:
-        from ftp_assets.adapters.endpoints import builtin_endpoints, load_endpoints
+        from ftp_assets.adapters.endpoints import configured_endpoints
 
-        endpoints = builtin_endpoints(openai_base_url=self.openai_base_url, serving_url=self.serving_url)
-        if self.endpoints_file:
-            endpoints |= load_endpoints(self.endpoints_file)
-        return endpoints
+        return configured_endpoints(
+            openai_base_url=self.openai_base_url, serving_url=self.serving_url, endpoints_file=self.endpoints_file
+        )
 
     def endpoint(self, name: str) -> Endpoint:
         from ftp_assets.adapters.endpoints import EndpointsError

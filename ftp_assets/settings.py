@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ftp_assets.adapters.endpoints import Endpoint, EndpointsError, builtin_endpoints, load_endpoints
+from ftp_assets.adapters.endpoints import Endpoint, EndpointsError, configured_endpoints, is_loopback_url
 
 # Read by the resources as EnvVars, never by this object: they may hold credentials.
 SECRET_VARIABLES = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI")
@@ -110,10 +110,9 @@ class DeploymentSettings(BaseSettings):
 
     def endpoints(self) -> dict[str, Endpoint]:
         """The built-in endpoints with the file's (FTP_ENDPOINTS_FILE) over them."""
-        endpoints = builtin_endpoints(openai_base_url=self.openai_base_url, serving_url=self.serving_url)
-        if self.endpoints_file:
-            endpoints |= load_endpoints(self.endpoints_file)
-        return endpoints
+        return configured_endpoints(
+            openai_base_url=self.openai_base_url, serving_url=self.serving_url, endpoints_file=self.endpoints_file
+        )
 
     def _check_endpoints(self) -> None:
         """A bad endpoints file, or a name it lacks, stops the code location loading."""
@@ -177,10 +176,14 @@ class DeploymentSettings(BaseSettings):
         }
         required = SELF_HOSTED_PRODUCTION_REQUIRED if self.self_hosted else PRODUCTION_REQUIRED
         missing = [name for name in required if name not in configured]
-        default_serving = self.serving_endpoint == "self_hosted" and not (self.serving_url or self.endpoints_file)
-        if self.self_hosted and default_serving:
-            # The built-in endpoint's default is a laptop's ftp-serve, which no pod reaches.
-            missing.append("FTP_SERVING_URL (or FTP_ENDPOINTS_FILE)")
+        if self.self_hosted:
+            try:
+                serving_url = self.endpoints()[self.serving_endpoint].base_url
+            except (EndpointsError, KeyError):
+                serving_url = ""  # reported by _check_endpoints
+            if serving_url and is_loopback_url(serving_url):
+                # The built-in endpoint's default is a laptop's ftp-serve, which no pod reaches.
+                missing.append("FTP_SERVING_URL (or FTP_ENDPOINTS_FILE)")
         return missing
 
 

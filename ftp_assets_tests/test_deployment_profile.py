@@ -148,6 +148,15 @@ def test_the_endpoints_file_adds_endpoints_and_a_bad_one_stops_the_load(tmp_path
     assert location["serving"]["openai"] == "https://api.openai.com/v1"  # the built-ins stay
     assert location["serving_endpoint"] == "vllm-qwen"
 
+    # A file whose serving endpoint is this machine: no pod reaches it, so production refuses.
+    endpoints.write_text(
+        "endpoints:\n  vllm-qwen:\n    base_url: http://127.0.0.1:8000/v1\n    api_key_env: FTP_VLLM_API_KEY\n"
+    )
+    assert last_line(load(**variables)).endswith("set FTP_SERVING_URL (or FTP_ENDPOINTS_FILE).")
+    endpoints.write_text(
+        "endpoints:\n  vllm-qwen:\n    base_url: http://vllm.example.test:8000/v1\n"
+        "    api_key_env: FTP_VLLM_API_KEY\n    kind: vllm\n"
+    )
     process = load(**{**variables, "FTP_SERVING_ENDPOINT": "vllm-llama"})
     assert last_line(process).endswith(
         "FTP_SERVING_ENDPOINT=vllm-llama names no endpoint (FTP_ENDPOINTS_FILE defines them); "

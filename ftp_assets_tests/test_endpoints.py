@@ -45,6 +45,20 @@ def test_an_invalid_file_is_refused_in_one_sentence(text, message):
         parse_endpoints(text)
 
 
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("base_url: http://user:pw@h/v1\n    api_key_env: K", "credentials in its base_url"),
+        ("base_url: http://h/v1\n    api_key_env: FTP_POSTS_DB_URL", "another system's secret"),
+        ("base_url: http://h/v1\n    api_key_env: MLFLOW_TRACKING_TOKEN", "another system's secret"),
+    ],
+)
+def test_credentials_of_other_systems_are_refused(field, message):
+    with pytest.raises(EndpointsError, match=message) as refused:
+        parse_endpoints(f"endpoints:\n  x:\n    {field}\n")
+    assert "pw" not in str(refused.value)
+
+
 def test_a_key_written_into_the_file_is_refused_without_being_repeated():
     text = "endpoints:\n  x:\n    base_url: http://h/v1\n    api_key_env: K\n    api_key: sk-live-SECRET\n"
     with pytest.raises(EndpointsError) as refused:

@@ -36,6 +36,7 @@ from ftp_assets.steps.data_path import DatasetOptions, TrainingDataset, build_tr
 from ftp_assets.steps.experiment import (
     AbTestResult,
     ArmServing,
+    ChallengerNotReady,
     DecisionRule,
     ExperimentError,
     apply_decision,
@@ -627,3 +628,37 @@ def test_after_each_decision_the_self_hosted_versions_no_alias_names_are_retired
     assert version_a.tags["serving"] == "retired"
     # Deciding again retires nothing twice: the retired tag is read back.
     assert versions_to_retire(registry, "hook") == []
+
+    # A challenger superseded before any decision (next week's took the alias) is retired too,
+    # at the next decision.
+    challenger(registry, "threads-hook-sft-d", provider="self_hosted")
+    decide(challenger(registry, "threads-hook-sft-e", provider="self_hosted"), "reject")
+    assert retired[-2:] == ["threads-hook-sft-d", "threads-hook-sft-e"]
+
+
+def test_a_gate_failed_at_a_misconfigured_endpoint_is_retried_at_the_corrected_one(registry, store):
+    model = challenger(registry, "threads-hook-sft-f", provider="self_hosted")
+    asked: list[str] = []
+
+    def endpoint_down(model_id: str, endpoint: str) -> Readiness:
+        asked.append(endpoint)
+        return Readiness(model_id, endpoint, (), f"nothing answers at endpoint {endpoint!r}")
+
+    def endpoint_fine(model_id: str, endpoint: str) -> Readiness:
+        asked.append(endpoint)
+        return endpoint_answered(model_id, endpoint)
+
+    wrong = dataclasses.replace(ARMS, endpoint_for_provider=lambda provider: "self_hosted", check=endpoint_down)
+    with pytest.raises(ChallengerNotReady, match="failed the readiness gate at endpoint 'self_hosted'"):
+        start(registry, store, model, serving=wrong)
+    version = registry.get_model_version(model_name("hook"), model.registry_version)
+    assert version.tags["readiness"] == "failed" and "serving_endpoint" not in version.tags
+    assert store.running("hook") is None
+
+    fixed = dataclasses.replace(ARMS, endpoint_for_provider=lambda provider: "vllm-base", check=endpoint_fine)
+    started = start(registry, store, model, serving=fixed)
+    assert asked == ["self_hosted", "vllm-base"]
+    assert (started.challenger_endpoint, store.running("hook").challenger_endpoint) == ("vllm-base", "vllm-base")
+    version = registry.get_model_version(model_name("hook"), model.registry_version)
+    assert (version.tags["readiness"], version.tags["serving_endpoint"]) == ("passed", "vllm-base")
+    assert "readiness_reason" not in version.tags

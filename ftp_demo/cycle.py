@@ -191,7 +191,7 @@ def _self_hosted_cycle(db: PostsDatabase, *, seed: int, posts_per_day: int) -> N
     trainer's folders; the experiments start once each adapter has passed the readiness gate there."""
     import openai
 
-    from ftp_assets.resources import TINY_BASE_NAME, SelfHostedTraining
+    from ftp_assets.resources import LOCAL_SERVING_API_KEY, TINY_BASE_NAME, SelfHostedTraining
     from ftp_serving.server import running_server
 
     os.environ["FTP_AGENT_ENDPOINT"] = "self_hosted"
@@ -218,7 +218,7 @@ def _self_hosted_cycle(db: PostsDatabase, *, seed: int, posts_per_day: int) -> N
         print(f"{TINY_BASE_NAME} and the adapters under {adapters} at {server.base_url}")
         for task in TASKS:
             _started(task, _train(task, run_config, assets=["ab_experiment"]))
-        client = openai.OpenAI(base_url=server.base_url, api_key="no-key-local", max_retries=0, timeout=120)
+        client = openai.OpenAI(base_url=server.base_url, api_key=LOCAL_SERVING_API_KEY, max_retries=0, timeout=120)
         _live_week(
             db,
             {"self_hosted": client},

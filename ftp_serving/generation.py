@@ -50,6 +50,9 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # vLLM's sampling option: benchmarks want fixed-length replies
+    # vLLM's sampling option too: False keeps special tokens the model wrote (a readiness check
+    # looks for them); the stop token that ended the reply is never part of the text.
+    skip_special_tokens: bool = True
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,8 @@ class Engine:
         return name == self.base_name or name in self._resident
 
     def resident_adapters(self) -> list[str]:
-        return list(self._resident)
+        with self._model_lock:  # the worker loads and evicts meanwhile
+            return list(self._resident)
 
     def ensure_adapter(self, name: str) -> None:
         """Make the adapter resident (resolving and verifying it first); AdapterUnavailable if refused."""
@@ -334,7 +338,11 @@ class Engine:
         return token
 
     def _completion(self, row: _Row) -> Completion:
-        text = row.text if row.text is not None else str(self.tokenizer.decode(row.tokens, skip_special_tokens=True))
+        tokens = row.tokens
+        if row.finish_reason == "stop" and tokens and tokens[-1] in self._stop_ids:
+            tokens = tokens[:-1]
+        skip = row.sampling.skip_special_tokens
+        text = row.text if row.text is not None else str(self.tokenizer.decode(tokens, skip_special_tokens=skip))
         return Completion(
             text=text,
             finish_reason=row.finish_reason or "length",

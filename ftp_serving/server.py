@@ -89,6 +89,7 @@ class ChatRequest(BaseModel):
     n: int | None = None
     stream: bool | None = None
     ignore_eos: bool = False  # vLLM's extra sampling option
+    skip_special_tokens: bool = True  # vLLM's too: False keeps special tokens the model wrote
 
 
 class LoadLora(BaseModel):
@@ -182,6 +183,7 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
             seed=body.seed,
             stop=tuple(s for s in stop if s),
             ignore_eos=body.ignore_eos,
+            skip_special_tokens=body.skip_special_tokens,
         )
         try:
             completion: Completion = await asyncio.wrap_future(engine.submit(sampling))

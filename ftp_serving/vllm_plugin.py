@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ftp_serving.layout import AdapterUnavailable, resolve_adapter
+from ftp_serving.layout import AdapterUnavailable, adapter_folder_name, resolve_adapter
 
 RESOLVER_NAME = "ftp_adapters"
 DEFAULT_CACHE_DIR = "/tmp/ftp-adapters"
@@ -52,12 +52,20 @@ def resolve_request_fields(lora_name: str, environ: Mapping[str, str] = os.envir
 
 
 async def resolve_or_none(lora_name: str) -> dict[str, Any] | None:
-    """:func:`resolve_request_fields` off the event loop (it hashes files); None, logged, when refused."""
+    """:func:`resolve_request_fields` off the event loop (it hashes files); None, logged, when refused
+    or when anything else goes wrong (a missing root, storage errors): vLLM then answers 404 for the
+    name rather than fail the request with a server error."""
+    try:
+        adapter_folder_name(lora_name)
+    except AdapterUnavailable:
+        return None  # not one of ours (another resolver's, or a typo): nothing to log
     try:
         return await asyncio.to_thread(resolve_request_fields, lora_name)
     except AdapterUnavailable as refusal:
         logger.warning("LoRA adapter %s is not served: %s", lora_name, refusal.reason)
-        return None
+    except Exception:
+        logger.exception("LoRA adapter %s could not be resolved", lora_name)
+    return None
 
 
 def register() -> None:

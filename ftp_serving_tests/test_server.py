@@ -178,3 +178,44 @@ def test_concurrent_requests_all_succeed(client: openai.OpenAI, adapters: Adapte
         texts = list(pool.map(lambda i: reply(client, models[i % 3], seed=i), range(48)))
     assert len(texts) == 48 and all(isinstance(text, str) for text in texts)
     assert time.monotonic() - started < 60
+
+
+def test_special_tokens_the_model_writes_are_kept_when_asked_as_vllm_does(
+    client: openai.OpenAI, adapters: Adapters
+) -> None:
+    """Past its end of turn (ignore_eos) the tiny chat model writes the template's tokens: removed
+    by default, kept with skip_special_tokens=false, which the readiness gate asks for."""
+    options = {"ignore_eos": True}
+    cleaned = client.chat.completions.create(
+        model=BASE_NAME, messages=PROMPT, seed=4, max_tokens=80, temperature=0, extra_body=options
+    )
+    kept = client.chat.completions.create(
+        model=BASE_NAME,
+        messages=PROMPT,
+        seed=4,
+        max_tokens=80,
+        temperature=0,
+        extra_body=options | {"skip_special_tokens": False},
+    )
+    kept_text = kept.choices[0].message.content or ""
+    assert any(token in kept_text for token in CONTROL_TOKENS), kept_text
+    assert not any(token in (cleaned.choices[0].message.content or "") for token in CONTROL_TOKENS)
+    # The stop token that ends a reply is never part of it, kept or not.
+    ended = client.chat.completions.create(
+        model=BASE_NAME, messages=PROMPT, max_tokens=200, temperature=0, extra_body={"skip_special_tokens": False}
+    )
+    assert ended.choices[0].finish_reason == "stop"
+    assert not any(token in (ended.choices[0].message.content or "") for token in CONTROL_TOKENS)
+
+
+def test_the_readiness_gate_fails_a_reply_that_does_not_end_within_the_budget(
+    client: openai.OpenAI, adapters: Adapters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ftp_assets.steps import readiness
+
+    prompts = [list(PROMPT)]
+    passed = readiness.check_readiness(client, adapters.hook, "self_hosted", "hook", prompts, self_served=True)
+    assert passed.generations[0].finish_reason in ("stop", "length")
+    monkeypatch.setitem(readiness.REPLY_MAX_TOKENS, "hook", 2)  # a budget no reply ends within
+    failed = readiness.check_readiness(client, adapters.hook, "self_hosted", "hook", prompts, self_served=True)
+    assert failed.failure == "none of the 1 replies ended within the task's 2 tokens"

@@ -33,6 +33,18 @@ KINDS = ("openai", "vllm")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _FIELDS = {"base_url", "api_key_env", "secret_name", "kind"}
+# Variables that hold other systems' secrets: sent as an endpoint's bearer token, they would leak.
+_NOT_ENDPOINT_KEYS = frozenset(
+    {
+        "FTP_POSTS_DB_URL",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+        "DAGSTER_PG_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    }
+)
 
 
 class EndpointsError(ValueError):
@@ -77,9 +89,13 @@ def _endpoint(name: str, raw: Any, source: str) -> Endpoint:
     base_url = str(raw.get("base_url") or "")
     if not re.match(r"^https?://[^/\s]+", base_url):
         raise EndpointsError(f"{source}: endpoint {name!r} needs a base_url starting with http:// or https://.")
+    if "@" in base_url.split("://", 1)[1].split("/", 1)[0]:
+        raise EndpointsError(f"{source}: endpoint {name!r} has credentials in its base_url; use api_key_env.")
     api_key_env = str(raw.get("api_key_env") or "")
     if not _ENV_NAME.match(api_key_env):
         raise EndpointsError(f"{source}: endpoint {name!r} needs api_key_env, an environment variable's name.")
+    if api_key_env in _NOT_ENDPOINT_KEYS:
+        raise EndpointsError(f"{source}: endpoint {name!r} names {api_key_env}, another system's secret, as its key.")
     kind = raw.get("kind", "openai")
     if kind not in KINDS:
         raise EndpointsError(f"{source}: endpoint {name!r} has kind {kind!r}; expected one of {', '.join(KINDS)}.")
@@ -108,6 +124,19 @@ def builtin_endpoints(*, openai_base_url: str, serving_url: str) -> dict[str, En
             SELF_HOSTED_ENDPOINT, (serving_url or LOCAL_SERVING_URL).rstrip("/"), "FTP_SERVING_API_KEY", kind="vllm"
         ),
     }
+
+
+def configured_endpoints(*, openai_base_url: str, serving_url: str, endpoints_file: str) -> dict[str, Endpoint]:
+    """The built-in endpoints with the file's (FTP_ENDPOINTS_FILE) over them."""
+    endpoints = builtin_endpoints(openai_base_url=openai_base_url, serving_url=serving_url)
+    if endpoints_file:
+        endpoints |= load_endpoints(endpoints_file)
+    return endpoints
+
+
+def is_loopback_url(url: str) -> bool:
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def parse_endpoints(text: str, *, source: str = "the endpoints file") -> dict[str, Endpoint]:

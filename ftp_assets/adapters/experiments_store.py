@@ -247,8 +247,13 @@ class ExperimentStore:
         """Start an experiment, closing the task's running one as superseded in the same
         transaction. Starting the same challenger again returns the running experiment."""
         current = self.running(task)
-        same_arms = (current.champion_model, current.champion_endpoint, current.challenger_model) if current else None
-        if current and same_arms == (champion_model, champion_endpoint, challenger_model):
+        arms = (champion_model, champion_endpoint, challenger_model, challenger_endpoint)
+        if current and arms == (
+            current.champion_model,
+            current.champion_endpoint,
+            current.challenger_model,
+            current.challenger_endpoint,
+        ):
             return current
         started = Experiment(
             experiment_id=f"{task}-{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",

@@ -434,8 +434,9 @@ def _create_registered_model_if_missing(client: MlflowClient, name: str, task: s
 
 
 def versions_to_retire(client: MlflowClient, task: str) -> list[ModelVersion]:
-    """Self-hosted versions no longer needed for serving: decided, named by no alias (so neither
-    champion, previous-champion, a rollback's target, nor the challenger) and not yet retired."""
+    """Self-hosted versions no longer needed for serving: named by no alias (so neither champion,
+    previous-champion, a rollback's target, nor the challenger under test: a rejected or
+    superseded challenger, an older champion) and not yet retired."""
     name = model_name(task)
     kept = set(_aliases(client, name).values())
     retire = []
@@ -446,7 +447,6 @@ def versions_to_retire(client: MlflowClient, task: str) -> list[ModelVersion]:
             tags = version.tags
             if (
                 tags.get(PROVIDER_TAG) == "self_hosted"
-                and DECISION_TAG in tags
                 and str(version.version) not in kept
                 and tags.get(SERVING_TAG) != RETIRED
             ):

@@ -24,7 +24,6 @@ from ftp_assets.resources import (
 from ftp_assets.run_context import configured_instant
 from ftp_assets.steps.data_path import TrainingDataset
 from ftp_assets.steps.experiment import (
-    SERVING_ENDPOINT_TAG,
     AbTestResult,
     ArmServing,
     ExperimentError,
@@ -33,6 +32,7 @@ from ftp_assets.steps.experiment import (
     apply_decision,
     evaluate_experiment,
     start_experiment,
+    version_endpoint,
 )
 from ftp_assets.steps.fine_tune import FineTunedModel
 from ftp_assets.steps.readiness import Readiness, check_readiness, validation_prompts
@@ -64,8 +64,9 @@ def ab_experiment(
     prompts = validation_prompts(dataset_storage.local_file(prompts_file, training_jsonl.shared_folder))
 
     def check(model: str, endpoint: str) -> Readiness:
+        raw = serving.endpoint(endpoint).kind == "vllm"  # vLLM and ftp-serve can keep special tokens
         with serving.client(endpoint) as client:
-            return check_readiness(client, model, endpoint, task, prompts)
+            return check_readiness(client, model, endpoint, task, prompts, self_served=raw)
 
     arms = ArmServing(
         agent_model=experiment_settings.agent_model(task),
@@ -214,16 +215,16 @@ def registered_model(
     store = posts_db.experiments()
     adapters_root = self_hosted_training.adapters_root()
 
-    def retire(version: ModelVersion) -> str:
+    def retire(version: ModelVersion) -> str | None:
         tags = version.tags
-        retire_adapter(
-            adapters_root,
-            tags["task"],
-            tags["job_id"],
-            reason=f"version {version.version}: {tags.get('decision')}, no longer champion, previous or challenger",
-            retired_at=datetime.now(UTC),
-        )
-        endpoint = tags.get(SERVING_ENDPOINT_TAG) or serving.for_provider("self_hosted")
+        reason = f"version {version.version}: {tags.get('decision', 'superseded')}, named by no alias"
+        if not retire_adapter(adapters_root, tags["task"], tags["job_id"], reason=reason, retired_at=datetime.now(UTC)):
+            context.log.warning(
+                f"Version {version.version} ({tags.get('provider_model_id')}) has no finished adapter under "
+                f"{adapters_root}/{tags['task']}/{tags['job_id']}: nothing to retire there; left untagged."
+            )
+            return None
+        endpoint = version_endpoint(tags, serving.for_provider)
         try:
             with serving.client(endpoint, timeout_s=10) as client:
                 problem = unload_adapter(client, tags["provider_model_id"])

@@ -86,10 +86,12 @@ class ArmServing:
     check: Callable[[str, str], Readiness]
 
     def endpoint_of(self, version_tags: Mapping[str, str]) -> str:
-        """A version's endpoint: the one recorded on it, else its provider's."""
-        return version_tags.get(SERVING_ENDPOINT_TAG) or self.endpoint_for_provider(
-            version_tags.get(PROVIDER_TAG, "openai")
-        )
+        return version_endpoint(version_tags, self.endpoint_for_provider)
+
+
+def version_endpoint(version_tags: Mapping[str, str], endpoint_for_provider: Callable[[str], str]) -> str:
+    """A version's endpoint: the one recorded when its experiment started, else its provider's."""
+    return version_tags.get(SERVING_ENDPOINT_TAG) or endpoint_for_provider(version_tags.get(PROVIDER_TAG, "openai"))
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,9 @@ def start_experiment(
         champion_model, champion_endpoint = current.tags["provider_model_id"], serving.endpoint_of(current.tags)
     else:
         champion_model, champion_endpoint = serving.agent_model, serving.agent_endpoint
-    challenger_endpoint = serving.endpoint_of(version.tags)
+    # The configured endpoint, not a tag: a gate that failed at a misconfigured endpoint must be
+    # retried at the corrected one. The tag is written once the gate passed.
+    challenger_endpoint = serving.endpoint_for_provider(version.tags.get(PROVIDER_TAG, "openai"))
     experiment_id = None
     reason = None
     if DECISION_TAG in version.tags or champion_model == model.model_id:
@@ -168,8 +172,6 @@ def start_experiment(
         log(f"{reason}; no new experiment is started.")
     else:
         name = model_name(task)
-        if version.tags.get(SERVING_ENDPOINT_TAG) != challenger_endpoint:
-            client.set_model_version_tag(name, version.version, SERVING_ENDPOINT_TAG, challenger_endpoint)
         readiness = serving.check(model.model_id, challenger_endpoint)
         # Beside the adapter, in the version's run (a re-run of the training step logs a run of its own).
         client.log_dict(version.run_id or model.mlflow_run_id, readiness.as_dict(), f"readiness/{model.model_id}.json")
@@ -182,6 +184,8 @@ def start_experiment(
             )
         if READINESS_REASON_TAG in version.tags:  # an earlier failure's reason no longer holds
             client.delete_model_version_tag(name, version.version, READINESS_REASON_TAG)
+        if version.tags.get(SERVING_ENDPOINT_TAG) != challenger_endpoint:
+            client.set_model_version_tag(name, version.version, SERVING_ENDPOINT_TAG, challenger_endpoint)
         log(f"{model.model_id} passed the readiness gate at {challenger_endpoint!r} ({prompts_of(readiness)}).")
         experiment_id = store.start(
             task=task,
@@ -282,14 +286,15 @@ def apply_decision(
     store: ExperimentStore,
     result: AbTestResult,
     *,
-    retire: Callable[[ModelVersion], str] | None = None,
+    retire: Callable[[ModelVersion], str | None] | None = None,
 ) -> tuple[RegisteredModel, str]:
     """Apply a final decision to the registry and the experiments table (``continue`` changes
     nothing); the registry's champion afterwards, and a note saying what was done.
 
     After a final decision, ``retire`` is called for each self-hosted version no longer needed
-    (:func:`~ftp_assets.adapters.mlflow_registry.versions_to_retire`: a rejected challenger, a
-    champion older than previous-champion), which is then tagged retired; it says what it did.
+    (:func:`~ftp_assets.adapters.mlflow_registry.versions_to_retire`: a rejected or superseded
+    challenger, a champion older than previous-champion); it says what it did, or returns None
+    when there was nothing to retire, and a version it retired is tagged so.
 
     Applying the same decision again changes nothing. Raises :class:`ExperimentError` when the
     experiment is unknown or was closed otherwise (superseded, or decided differently), and the
@@ -334,7 +339,7 @@ def apply_decision(
         note = f"Version {result.registry_version} {action}: {result.reason}" + ("" if changed else " (already done)")
         if retire is not None:
             retired = [retire_version(client, task, version, retire) for version in versions_to_retire(client, task)]
-            note += "".join(f" {line}" for line in retired)
+            note += "".join(f" {line}" for line in retired if line)
     current = champion(client, task)
     registered = RegisteredModel(
         task=task,
@@ -346,10 +351,13 @@ def apply_decision(
 
 
 def retire_version(
-    client: MlflowClient, task: str, version: ModelVersion, retire: Callable[[ModelVersion], str]
-) -> str:
-    """Retire one version's adapter from serving, then tag the version so (a repeat skips it)."""
+    client: MlflowClient, task: str, version: ModelVersion, retire: Callable[[ModelVersion], str | None]
+) -> str | None:
+    """Retire one version's adapter from serving, then tag the version so (a repeat skips it);
+    None when ``retire`` found nothing to retire (the version stays untagged)."""
     done = retire(version)
+    if done is None:
+        return None
     mark_retired(client, task, version.version)
     return f"Version {version.version} ({version.tags.get('provider_model_id')}) retired from serving: {done}."
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import openai
 
+from ftp_assets.adapters.posts_db import redacted
 from ftp_assets.domain.dataset import REPLY_MAX_CHARS, REPLY_MAX_TOKENS
 
 PROMPTS = 5
@@ -34,6 +35,7 @@ class Generation:
     prompt: str  # the user message
     reply: str | None
     problem: str | None = None
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,23 @@ def reply_problem(reply: str | None, *, max_chars: int) -> str | None:
 
 
 def check_readiness(
-    client: openai.OpenAI, model: str, endpoint: str, task: str, prompts: Sequence[list[dict]]
+    client: openai.OpenAI,
+    model: str,
+    endpoint: str,
+    task: str,
+    prompts: Sequence[list[dict]],
+    *,
+    self_served: bool = False,
 ) -> Readiness:
     """Ask ``model`` at ``endpoint`` each prompt (greedy, the task's token budget) and check every
-    reply; stops at the first error the endpoint returns."""
+    reply; stops at the first error the endpoint returns.
+
+    ``self_served``: the endpoint serves our own adapters (vLLM, ftp-serve), whose typical breakage
+    is a chat template or end of turn gone wrong. It is then asked to leave the special tokens the
+    model wrote in the text (``skip_special_tokens=false``, which OpenAI refuses), so that a reply
+    starting a new turn shows its control token instead of having it silently removed; and when
+    every reply is cut at the budget (``finish_reason`` ``length``), the model does not stop."""
+    extra = {"skip_special_tokens": False} if self_served else None
     generations: list[Generation] = []
     failure = None
     if not prompts:
@@ -105,20 +120,26 @@ def check_readiness(
                 max_tokens=REPLY_MAX_TOKENS[task],
                 temperature=0,
                 seed=index,
+                extra_body=extra,
             )
         except openai.APIConnectionError:
-            failure = f"nothing answers at endpoint {endpoint!r} ({client.base_url})"
+            failure = f"nothing answers at endpoint {endpoint!r} ({redacted(str(client.base_url))})"
         except openai.APIStatusError as error:
             failure = f"endpoint {endpoint!r} answered {error.status_code} for {model}: {_message(error)}"
         else:
-            text = reply.choices[0].message.content if reply.choices else None
+            choice = reply.choices[0] if reply.choices else None
+            text = choice.message.content if choice else None
+            finish = choice.finish_reason if choice else None
             problem = reply_problem(text, max_chars=REPLY_MAX_CHARS[task])
-            generations.append(Generation(prompt=user, reply=text, problem=problem))
+            generations.append(Generation(prompt=user, reply=text, problem=problem, finish_reason=finish))
             if problem and failure is None:
                 failure = f"prompt {index}: {problem}"
             continue
         generations.append(Generation(prompt=user, reply=None, problem=failure))
         break
+    if self_served and failure is None and all(generation.finish_reason == "length" for generation in generations):
+        # One long reply is a long reply; all of them cut is a model that never ends its turn.
+        failure = f"none of the {len(generations)} replies ended within the task's {REPLY_MAX_TOKENS[task]} tokens"
     return Readiness(model, endpoint, tuple(generations), failure)
 
 
