@@ -15,6 +15,7 @@ from types import ModuleType
 
 from packaging.requirements import Requirement
 
+from ftp_assets.adapters.endpoints import LOCAL_SERVING_PORT
 from ftp_assets.domain.dataset import TASKS
 from ftp_assets.home import home_path
 from ftp_assets.resources import LOCAL_OPENAI_PORT
@@ -166,7 +167,10 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> None:
     _from_local_extra("ftp_demo.ui", "ui").serve_uis(
-        dagster_port=args.dagster_port, mlflow_port=args.mlflow_port, openai_port=args.openai_port
+        dagster_port=args.dagster_port,
+        mlflow_port=args.mlflow_port,
+        openai_port=args.openai_port,
+        serving_port=args.serving_port,
     )
 
 
@@ -235,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.add_argument("--openai-port", type=int, default=LOCAL_OPENAI_PORT, help="of the local service")
+    ui.add_argument(
+        "--serving-port", type=int, default=LOCAL_SERVING_PORT, help="of ftp-serve, once the tiny base exists"
+    )
     ui.set_defaults(func=cmd_ui)
     return parser
 

@@ -632,7 +632,8 @@ def _start_serving() -> str:
 
     training = SelfHostedTraining()
     return (
-        f"start it: `{installed_command('ftp-serve')} --base-model {training.base_model_location()} "
+        "start it: `make ui` does once the tiny base exists (after the self-hosted demo), or "
+        f"`{installed_command('ftp-serve')} --base-model {training.base_model_location()} "
         f"--base-name {TINY_BASE_NAME} --adapters {training.adapters_root()} --port 8100`."
     )
 

@@ -80,3 +80,31 @@ def test_ui_serves_the_three_services_and_stops_them_on_ctrl_c(tmp_path):
     finally:
         if ui.poll() is None:
             ui.kill()
+
+
+def test_ui_also_serves_the_self_hosted_models_once_the_tiny_base_exists(tmp_path, isolated_ftp_home):
+    """After the self-hosted demo, the built-in self_hosted endpoint answers while the UIs run."""
+    from ftp_trainer.tiny_base import build_tiny_base
+
+    texts = [f"Post {i}: five habits that changed my mornings?" for i in range(60)]
+    build_tiny_base(texts, isolated_ftp_home / "models" / "tiny-chat-base", pretrain_steps=5, threads=1)
+    ports = {name: _free_port() for name in ("dagster", "mlflow", "openai", "serving")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "MLFLOW_TRACKING_URI", "FTP_SERVING_URL")}
+    command = [str(Path(sys.executable).with_name("ftp-assets")), "ui"]
+    for name, port in ports.items():
+        command += [f"--{name}-port", str(port)]
+    with open(tmp_path / "ui.log", "wb") as log:
+        ui = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    models = f"http://127.0.0.1:{ports['serving']}/v1/models"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _status(models) is None:
+            assert ui.poll() is None, (tmp_path / "ui.log").read_text()[-2000:]
+            time.sleep(1)
+        assert _status(models) == 200 and len(_children(ui.pid)) == 4
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(60) == 0
+        assert _status(models) is None
+    finally:
+        if ui.poll() is None:
+            ui.kill()

@@ -1,5 +1,7 @@
-"""``ftp-assets ui``: the Dagster UI with its daemon, the MLflow UI, and (unless OPENAI_API_KEY is set)
-the local OpenAI-compatible service, all over the state in FTP_HOME, until Ctrl-C."""
+"""``ftp-assets ui``: the Dagster UI with its daemon, the MLflow UI, (unless OPENAI_API_KEY is set)
+the local OpenAI-compatible service, and (once the self-hosted demo or trainer has built the tiny
+base, unless FTP_SERVING_URL is set) ``ftp-serve`` with its adapters, all over the state in
+FTP_HOME, until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+from ftp_assets.adapters.endpoints import LOCAL_SERVING_PORT
 from ftp_assets.adapters.mlflow_registry import local_tracking_uri
 from ftp_assets.home import home_path
-from ftp_assets.resources import LOCAL_OPENAI_API_KEY, LOCAL_OPENAI_PORT
+from ftp_assets.resources import LOCAL_OPENAI_API_KEY, LOCAL_OPENAI_PORT, TINY_BASE_NAME, SelfHostedTraining
 from ftp_local_openai import API_KEY_ENV
+from ftp_trainer.tiny_base import is_complete
 
 STOP_TIMEOUT_S = 20
 
@@ -26,7 +30,9 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def serve_uis(*, dagster_port: int, mlflow_port: int, openai_port: int = LOCAL_OPENAI_PORT) -> None:
+def serve_uis(
+    *, dagster_port: int, mlflow_port: int, openai_port: int = LOCAL_OPENAI_PORT, serving_port: int = LOCAL_SERVING_PORT
+) -> None:
     # Stop cleanly on Ctrl-C and on SIGTERM, even when started with SIGINT ignored (in the background).
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -49,6 +55,22 @@ def serve_uis(*, dagster_port: int, mlflow_port: int, openai_port: int = LOCAL_O
         commands["local OpenAI"] = [_bin("ftp-assets"), "local-openai", "--port", str(openai_port)]
         # The key the code location sends when OPENAI_API_KEY is unset, whatever the shell has set.
         envs["local OpenAI"] = {**env, API_KEY_ENV: LOCAL_OPENAI_API_KEY}
+    training = SelfHostedTraining()
+    base = Path(training.base_model_location())
+    if not os.environ.get("FTP_SERVING_URL") and is_complete(base):
+        # The self-hosted models the demo left, where the built-in self_hosted endpoint looks.
+        commands["ftp-serve"] = [
+            _bin("ftp-serve"),
+            "--base-model",
+            str(base),
+            "--base-name",
+            TINY_BASE_NAME,
+            "--adapters",
+            training.adapters_root(),
+            "--port",
+            str(serving_port),
+        ]
+        envs["ftp-serve"] = env
     # Each child in its own session: Ctrl-C reaches this process only, which then stops them in
     # order, so none is left running (dagster dev ignores a SIGINT it inherits as ignored).
     children = {

@@ -112,7 +112,8 @@ def _endpoint(name: str, raw: Any, source: str) -> Endpoint:
 # The endpoints every deployment has; a file's entries of the same name replace them.
 OPENAI_ENDPOINT = "openai"  # the OpenAI provider's models, and by default the agent's configured model
 SELF_HOSTED_ENDPOINT = "self_hosted"  # by default, where the self-hosted adapters are served
-LOCAL_SERVING_URL = "http://127.0.0.1:8100/v1"  # `ftp-serve`'s default address
+LOCAL_SERVING_PORT = 8100  # `ftp-serve`'s default port
+LOCAL_SERVING_URL = f"http://127.0.0.1:{LOCAL_SERVING_PORT}/v1"
 
 
 def builtin_endpoints(*, openai_base_url: str, serving_url: str) -> dict[str, Endpoint]:
