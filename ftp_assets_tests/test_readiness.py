@@ -91,3 +91,14 @@ def test_no_prompts_is_a_failure_not_a_pass(local_openai):
         assert check_readiness(client, SERVED, "openai", "hook", []).failure == (
             f"there are no validation prompts to ask {SERVED}"
         )
+
+
+def test_the_length_is_judged_on_replies_that_ended_by_themselves(local_openai):
+    """The local service's n-gram models run to the token budget: cut there, a long reply has the
+    agent's own length, not the model's; the same reply ending by itself would be judged."""
+    with openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key) as client:
+        readiness = check_readiness(client, SERVED, "openai", "body", prompts(5))
+    cut = [g for g in readiness.generations if g.finish_reason == "length"]
+    assert readiness.ready, readiness.failure
+    assert all(g.problem is None for g in cut)
+    assert reply_problem("x" * 501, max_chars=500) is not None and reply_problem("x" * 501, max_chars=None) is None

@@ -71,8 +71,8 @@ def validation_prompts(path: str | Path, count: int = PROMPTS) -> list[list[dict
     return prompts
 
 
-def reply_problem(reply: str | None, *, max_chars: int) -> str | None:
-    """Why a reply is not fit for users, or None."""
+def reply_problem(reply: str | None, *, max_chars: int | None) -> str | None:
+    """Why a reply is not fit for users, or None; ``max_chars`` None skips the length."""
     if reply is None or not reply.strip():
         return "the reply is empty"
     if "\ufffd" in reply:
@@ -84,7 +84,7 @@ def reply_problem(reply: str | None, *, max_chars: int) -> str | None:
     token = CONTROL_TOKEN.search(reply)
     if token:
         return f"the reply holds the chat-template control token {token.group(0)!r}"
-    if len(reply) > max_chars:
+    if max_chars is not None and len(reply) > max_chars:
         return f"the reply has {len(reply)} characters, over the task's {max_chars}"
     return None
 
@@ -130,7 +130,10 @@ def check_readiness(
             choice = reply.choices[0] if reply.choices else None
             text = choice.message.content if choice else None
             finish = choice.finish_reason if choice else None
-            problem = reply_problem(text, max_chars=REPLY_MAX_CHARS[task])
+            # The length judges a reply that ended by itself: one cut at the token budget has the
+            # budget's length, the cut the agent makes too.
+            limit = None if finish == "length" else REPLY_MAX_CHARS[task]
+            problem = reply_problem(text, max_chars=limit)
             generations.append(Generation(prompt=user, reply=text, problem=problem, finish_reason=finish))
             if problem and failure is None:
                 failure = f"prompt {index}: {problem}"
