@@ -60,7 +60,7 @@ def pip_installs(text: str) -> list[str]:
         for keyword, arguments in instructions(text)
         if keyword == "RUN"
         for command in arguments.split("&&")
-        if re.match(r"\s*(python -m )?pip install\b", command)
+        if re.match(r"\s*(python3? -m )?pip install\b", command)
     ]
 
 

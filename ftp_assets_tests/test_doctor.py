@@ -20,7 +20,6 @@ import psycopg
 import pytest
 import s3fs
 from alembic import command
-from moto.server import ThreadedMotoServer
 from psycopg.conninfo import conninfo_to_dict
 
 from ftp_assets.adapters.experiments_store import ExperimentStore, migrations_config
@@ -28,6 +27,7 @@ from ftp_assets.adapters.mlflow_registry import CHALLENGER, log_fine_tune_run, m
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.doctor import FAIL, OK, WARN, Check, format_line, has_failure, load_settings, run_checks
 from ftp_assets.resources import ExperimentSettings
+from ftp_assets_tests.fixtures.s3 import moto_bucket
 from ftp_demo.posts import generate_demo_posts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,34 +313,18 @@ def test_a_wrong_key_is_refused(healthy, monkeypatch):
 
 
 @pytest.fixture
-def s3_server(monkeypatch) -> Iterator[s3fs.S3FileSystem]:
-    """moto's S3 on a free port, with the client settings pointed at it."""
-    port = unused_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }.items():
-        monkeypatch.setenv(name, value)
-    s3fs.S3FileSystem.clear_instance_cache()
-    try:
-        yield s3fs.S3FileSystem()
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
+def s3_bucket(monkeypatch) -> Iterator[str]:
+    with moto_bucket(monkeypatch, "ftp-doctor") as bucket:
+        yield bucket
 
 
-def test_shared_storage_writable_or_not(healthy, s3_server, monkeypatch):
-    bucket = f"ftp-doctor-{uuid.uuid4().hex[:12]}"
-    s3_server.mkdir(bucket)
+def test_shared_storage_writable_or_not(healthy, s3_bucket, monkeypatch):
+    bucket, s3 = s3_bucket, s3fs.S3FileSystem()
     monkeypatch.setenv("FTP_STORAGE_URL", f"s3://{bucket}/ftp")
     found = checks()
     assert failing(found) == set() and "writable" in found["storage"].detail
-    s3_server.invalidate_cache()
-    assert s3_server.find(bucket) == []  # the probe is deleted
+    s3.invalidate_cache()
+    assert s3.find(bucket) == []  # the probe is deleted
 
     monkeypatch.setenv("FTP_STORAGE_URL", f"s3://ftp-doctor-missing-{uuid.uuid4().hex[:12]}/ftp")
     only_failure(checks(), "storage", "FTP_STORAGE_URL")

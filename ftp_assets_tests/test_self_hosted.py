@@ -57,22 +57,28 @@ def _training_log_lines(instance, run_id: str) -> list[str]:
     return [entry.user_message for entry in instance.all_logs(run_id) if "train loss" in entry.user_message]
 
 
-def test_self_hosted_training_registers_the_adapter_and_a_rerun_trains_nothing(
-    pg_posts_url, mlflow_server, mlflow_client, tmp_path, isolated_ftp_home
-):
-    db = PostsDatabase(pg_posts_url)
+def self_hosted_setup(posts_url: str, mlflow_uri: str, tmp_path: Path) -> tuple[PostsDatabase, dict]:
+    """Demo posts in PostgreSQL and the resources of a self-hosted deployment on the real parts."""
+    db = PostsDatabase(posts_url)
     db.init_schema()
     db.insert_posts(generate_demo_posts(1_500, seed=3, end=WINDOW_END))
     resources = {
-        "posts_db": PostsDatabaseResource(url=pg_posts_url),
+        "posts_db": PostsDatabaseResource(url=posts_url),
         "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets")),
         # Not called: the provider is the self-hosted trainer; an unreachable URL proves it.
         "openai": OpenAIResource(api_key="sk-unused", base_url="http://127.0.0.1:9/v1"),
         "fine_tuning": FineTuningSettings(provider="self_hosted"),
         "self_hosted_training": SelfHostedTraining(**HYPERPARAMETERS),
-        "mlflow": MlflowResource(tracking_uri=mlflow_server),
+        "mlflow": MlflowResource(tracking_uri=mlflow_uri),
         "experiment_settings": ExperimentSettings(),
     }
+    return db, resources
+
+
+def test_self_hosted_training_registers_the_adapter_and_a_rerun_trains_nothing(
+    pg_posts_url, mlflow_server, mlflow_client, tmp_path, isolated_ftp_home
+):
+    db, resources = self_hosted_setup(pg_posts_url, mlflow_server, tmp_path)
     assets = [engaged_posts, training_jsonl, fine_tuned_model]
     with instance_for_test() as instance:
         first = materialize(assets, partition_key="hook", run_config=WINDOW, resources=resources, instance=instance)
@@ -146,18 +152,7 @@ def test_a_self_hosted_challenger_is_served_gated_tested_against_the_openai_cham
     """The adapter served on CPU by name from the trainer's folder (ftp-serve, as vLLM in
     production), the readiness gate through that endpoint (a truncated adapter stops the
     experiment), the experiment's arms on two endpoints, and a rejection that retires it."""
-    db = PostsDatabase(pg_posts_url)
-    db.init_schema()
-    db.insert_posts(generate_demo_posts(1_500, seed=3, end=WINDOW_END))
-    resources = {
-        "posts_db": PostsDatabaseResource(url=pg_posts_url),
-        "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets")),
-        "openai": OpenAIResource(api_key="sk-unused", base_url="http://127.0.0.1:9/v1"),
-        "fine_tuning": FineTuningSettings(provider="self_hosted"),
-        "self_hosted_training": SelfHostedTraining(**HYPERPARAMETERS),
-        "mlflow": MlflowResource(tracking_uri=mlflow_server),
-        "experiment_settings": ExperimentSettings(),
-    }
+    db, resources = self_hosted_setup(pg_posts_url, mlflow_server, tmp_path)
     assets = [engaged_posts, training_jsonl, fine_tuned_model, ab_experiment]
     base = isolated_ftp_home / "models" / "tiny-chat-base"
     with instance_for_test() as instance:

@@ -26,6 +26,7 @@ from ftp_assets_tests.test_dockerfile import (
     copied_sources,
     instructions,
     is_pinned_by_digest,
+    pip_installs,
 )
 from ftp_trainer.config import TrainerConfig
 
@@ -110,17 +111,6 @@ def volume(deployment: k8s.V1Deployment, name: str) -> k8s.V1Volume:
 
 def endpoints_of(text: str) -> dict[str, Any]:
     return yaml.safe_load(text)["endpoints"]
-
-
-def pip_installs(text: str) -> list[str]:
-    """Each `pip install` command of the RUN instructions (`python3 -m pip` too)."""
-    return [
-        command.strip()
-        for keyword, arguments in instructions(text)
-        if keyword == "RUN"
-        for command in arguments.split("&&")
-        if re.match(r"\s*(python3? -m )?pip install\b", command)
-    ]
 
 
 def pipeline_adapters_root() -> str:

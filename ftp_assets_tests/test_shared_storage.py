@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,6 @@ from dagster import (
     in_process_executor,
     reconstructable,
 )
-from moto.server import ThreadedMotoServer
 from psycopg.conninfo import conninfo_to_dict
 
 from ftp_assets.adapters.mlflow_registry import local_tracking_uri
@@ -35,6 +33,7 @@ from ftp_assets.definitions import build_definitions
 from ftp_assets.resources import DatasetStorage
 from ftp_assets.settings import DeploymentSettings
 from ftp_assets_tests.corpus import clean_posts
+from ftp_assets_tests.fixtures.s3 import moto_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = {"dagster/partition": "hook", "ftp/fine-tune-task": "hook"}
@@ -65,28 +64,8 @@ def unused_port() -> int:
 
 @pytest.fixture
 def s3_bucket(monkeypatch) -> Iterator[str]:
-    """An empty bucket on an S3-compatible server on a free port, with the AWS client settings a
-    pod would get from its role pointed at it. Its name: moto keeps every server's buckets in one
-    process-wide state."""
-    port = unused_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }.items():
-        monkeypatch.setenv(name, value)
-    s3fs.S3FileSystem.clear_instance_cache()  # a cached client would still talk to an older server
-    bucket = f"ftp-shared-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem().mkdir(bucket)
-    try:
+    with moto_bucket(monkeypatch, "ftp-shared") as bucket:
         yield bucket
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
 
 
 def shared_keys(bucket: str, prefix: str) -> list[str]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ftp_assets_tests.fixtures.s3 import moto_bucket
 from ftp_serving.layout import AdapterUnavailable, NotAnAdapterName, adapter_folder_name, resolve_adapter
 from ftp_serving_tests.conftest import (
     Adapters,
@@ -105,36 +104,10 @@ def test_an_unreadable_manifest_is_refused(adapters: Adapters) -> None:
 # --- a remote root: moto's S3 server ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An empty bucket on moto's S3 server on a free port, the AWS settings pointed at it."""
-    s3fs = pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }.items():
-        monkeypatch.setenv(name, value)
-    s3fs.S3FileSystem.clear_instance_cache()
-    bucket = f"ftp-adapters-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem().mkdir(bucket)
-    try:
+    with moto_bucket(monkeypatch, "ftp-adapters") as bucket:
         yield bucket
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
 
 
 def _upload(folder: Path, url: str) -> None:
