@@ -3,9 +3,12 @@
 The table lives beside the posts, so the agent can read which experiment runs for a task. The
 A/B outcomes are read from the posts by :mod:`ftp_assets.adapters.posts_db`.
 
-The table is a contract with the agent's team, so it changes only by the Alembic migrations in
-``migrations/``; the ``experiments`` Table below is the query model and must match them (a test
-compares the migrated schema with it).
+A planned experiment (revision 0004) also keeps its plan and traffic phases in its row, and each
+evaluation of it is a look, recorded in ``ftp_experiment_looks``.
+
+The tables are a contract with the agent's team, so they change only by the Alembic migrations in
+``migrations/``; the ``experiments`` and ``experiment_looks`` Tables below are the query models and
+must match them (a test compares the migrated schema with them).
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ import io
 import json
 import threading
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import sqlalchemy as sa
 from alembic import command
@@ -28,6 +31,14 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 from ftp_assets.adapters.posts_db import PostsDatabaseError, UTCDateTime, as_utc
+from ftp_assets.domain.experiment_plan import (
+    ExperimentPlan,
+    LookData,
+    Phase,
+    phases_from_json,
+    phases_to_json,
+    ramped_phases,
+)
 from ftp_assets.domain.routing import Route, route
 
 RUNNING, PROMOTED, REJECTED, SUPERSEDED = "running", "promoted", "rejected", "superseded"
@@ -85,6 +96,9 @@ experiments = sa.Table(
     # Where the agent calls each arm's model: a name of the endpoints file (revision 0003).
     sa.Column("champion_endpoint", sa.Text, nullable=False, server_default=DEFAULT_ENDPOINT),
     sa.Column("challenger_endpoint", sa.Text, nullable=False, server_default=DEFAULT_ENDPOINT),
+    # Revision 0004. NULL in rows started before plans: they finish under the old always-valid rule.
+    sa.Column("plan", sa.Text),  # JSON of the ExperimentPlan
+    sa.Column("phases", sa.Text),  # JSON list of the traffic phases, the last one in force
     sa.CheckConstraint("challenger_share > 0 AND challenger_share < 1", name="ck_ftp_experiments_share"),
     # At most one running experiment per task: the agent must never see two.
     sa.Index(
@@ -94,6 +108,34 @@ experiments = sa.Table(
         postgresql_where=sa.text("status = 'running'"),
         sqlite_where=sa.text("status = 'running'"),
     ),
+)
+# Each evaluation of a planned experiment (revision 0004): what it saw and what it decided, so the
+# next look knows the alpha already spent and an audit can replay the decision.
+experiment_looks = sa.Table(
+    "ftp_experiment_looks",
+    _metadata,
+    sa.Column(
+        "experiment_id",
+        sa.Text,
+        sa.ForeignKey(experiments.c.experiment_id, name="fk_ftp_experiment_looks_experiment"),
+        nullable=False,
+    ),
+    sa.Column("look_number", sa.Integer, nullable=False),  # 1, 2, ... per experiment
+    sa.Column("evaluated_at", UTCDateTime, nullable=False),
+    sa.Column("data_until", UTCDateTime),
+    sa.Column("challenger_share", sa.Float, nullable=False),  # the share in force at the look
+    sa.Column("information", sa.Float),
+    sa.Column("information_fraction", sa.Float),
+    sa.Column("statistic", sa.Float),
+    sa.Column("boundary", sa.Float),  # may be +infinity (no crossing possible at this look)
+    sa.Column("alpha_spent", sa.Float),
+    sa.Column("decision", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),  # JSON of the LookData
+    sa.Column("analysis", sa.Text),  # JSON of the analysis summary
+    sa.PrimaryKeyConstraint("experiment_id", "look_number", name="pk_ftp_experiment_looks"),
+    # A re-run of one evaluation finds its look instead of adding another.
+    sa.UniqueConstraint("experiment_id", "evaluated_at", name="uq_ftp_experiment_looks_evaluated_at"),
 )
 
 
@@ -111,6 +153,9 @@ class Experiment:
     reason: str | None = None
     champion_endpoint: str = DEFAULT_ENDPOINT
     challenger_endpoint: str = DEFAULT_ENDPOINT
+    # None for experiments started before plans (revision 0004): the old always-valid rule decides.
+    plan: ExperimentPlan | None = None
+    phases: tuple[Phase, ...] | None = None
 
     def route(self, unit_id: str | int) -> Route:
         """The arm, model and endpoint that serve ``unit_id`` (the agent's call, reimplementable
@@ -125,12 +170,55 @@ class Experiment:
 
 
 def _experiment(row) -> Experiment:
-    fields = row._asdict()
-    return Experiment(**{name: fields[name] for name in Experiment.__dataclass_fields__})
+    values = row._asdict()
+    values = {name: values[name] for name in Experiment.__dataclass_fields__}
+    values["plan"] = None if values["plan"] is None else ExperimentPlan.from_json(values["plan"])
+    values["phases"] = None if values["phases"] is None else phases_from_json(values["phases"])
+    return Experiment(**values)
+
+
+def _experiment_row(experiment: Experiment) -> dict[str, Any]:
+    """The experiment as the table's columns: the plan and phases as their JSON."""
+    values = {field.name: getattr(experiment, field.name) for field in fields(Experiment)}
+    values["plan"] = None if experiment.plan is None else experiment.plan.to_json()
+    values["phases"] = None if experiment.phases is None else phases_to_json(experiment.phases)
+    return values
+
+
+@dataclass(frozen=True)
+class LookRecord:
+    """One recorded look of a planned experiment (a row of ``ftp_experiment_looks``)."""
+
+    experiment_id: str
+    look_number: int
+    evaluated_at: datetime
+    data_until: datetime | None
+    challenger_share: float
+    information: float | None
+    information_fraction: float | None
+    statistic: float | None
+    boundary: float | None
+    alpha_spent: float | None
+    decision: str
+    reason: str
+    data: LookData
+    analysis: dict[str, Any] | None
+
+
+def _look(row) -> LookRecord:
+    values = row._asdict()
+    values = {name: values[name] for name in LookRecord.__dataclass_fields__}
+    values["data"] = LookData.from_json(values["data"])
+    values["analysis"] = None if values["analysis"] is None else json.loads(values["analysis"])
+    return LookRecord(**values)
 
 
 class ExperimentsSchemaError(PostsDatabaseError):
     """An experiments table the migrations cannot take over; the message says what is wrong."""
+
+
+class ExperimentsLookError(PostsDatabaseError):
+    """A look that cannot be recorded (the experiment is not running, or the look is out of order)."""
 
 
 def migrations_config(
@@ -210,7 +298,9 @@ class ExperimentStore:
         """Our tables (and the migrations' version table) that the database lacks; read only."""
         inspector = sa.inspect(self.engine)
         return [
-            name for name in (experiments.name, FINE_TUNING_JOBS_TABLE, VERSION_TABLE) if not inspector.has_table(name)
+            name
+            for name in (experiments.name, experiment_looks.name, FINE_TUNING_JOBS_TABLE, VERSION_TABLE)
+            if not inspector.has_table(name)
         ]
 
     def running(self, task: str) -> Experiment | None:
@@ -243,9 +333,16 @@ class ExperimentStore:
         registry_version: str | None,
         champion_endpoint: str = DEFAULT_ENDPOINT,
         challenger_endpoint: str = DEFAULT_ENDPOINT,
+        plan: ExperimentPlan | None = None,
     ) -> Experiment:
         """Start an experiment, closing the task's running one as superseded in the same
-        transaction. Starting the same challenger again returns the running experiment."""
+        transaction. Starting the same challenger again returns the running experiment.
+
+        With a ``plan`` the challenger's share must be the plan's initial share, the first phase."""
+        if plan is not None and challenger_share != plan.initial_share:
+            raise ValueError(
+                f"the challenger's share {challenger_share!r} is not the plan's initial share {plan.initial_share!r}"
+            )
         current = self.running(task)
         arms = (champion_model, champion_endpoint, challenger_model, challenger_endpoint)
         if current and arms == (
@@ -266,6 +363,8 @@ class ExperimentStore:
             registry_version=registry_version,
             champion_endpoint=champion_endpoint,
             challenger_endpoint=challenger_endpoint,
+            plan=plan,
+            phases=None if plan is None else (Phase(plan.initial_share, as_utc(started_at)),),
         )
         experiment_id = started.experiment_id
         with self.engine.begin() as conn:
@@ -274,7 +373,7 @@ class ExperimentStore:
                 .where(experiments.c.task == task, experiments.c.status == RUNNING)
                 .values(status=SUPERSEDED, decided_at=started_at, reason=f"superseded by {experiment_id}")
             )
-            conn.execute(experiments.insert().values(**asdict(started)))
+            conn.execute(experiments.insert().values(**_experiment_row(started)))
         return started
 
     def finish(self, experiment_id: str, *, decision: str, reason: str, statistics: dict, decided_at: datetime) -> bool:
@@ -305,3 +404,134 @@ class ExperimentStore:
                 .returning(*experiments.c)
             ).first()
         return _experiment(row) if row else None
+
+    def looks(self, experiment_id: str) -> list[LookRecord]:
+        """The experiment's recorded looks, first to last."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(experiment_looks)
+                .where(experiment_looks.c.experiment_id == experiment_id)
+                .order_by(experiment_looks.c.look_number)
+            )
+            return [_look(row) for row in rows]
+
+    def record_look(
+        self,
+        experiment_id: str,
+        *,
+        evaluated_at: datetime,
+        data_until: datetime | None,
+        challenger_share: float,
+        information: float | None,
+        information_fraction: float | None,
+        statistic: float | None,
+        boundary: float | None,
+        alpha_spent: float | None,
+        decision: str,
+        reason: str,
+        data: LookData,
+        analysis: dict[str, Any] | None,
+        ramp_to: float | None = None,
+        grace_minutes: float = 60.0,
+    ) -> LookRecord:
+        """Record the experiment's next look, in one transaction; with ``ramp_to``, also move the
+        challenger's share there from ``evaluated_at`` on (a new phase, see ``ramped_phases``).
+
+        A look already recorded at ``evaluated_at`` is returned unchanged, nothing ramped, even once
+        the experiment has finished: a re-run of the evaluation that recorded it and then decided.
+        Otherwise the experiment must be running and ``evaluated_at`` after its last look
+        (:class:`ExperimentsLookError`). ``ramp_to`` equal to the share in force changes nothing."""
+        evaluated_at = as_utc(evaluated_at)
+        with self.engine.begin() as conn:
+            query = sa.select(experiments.c.status, experiments.c.challenger_share, experiments.c.phases).where(
+                experiments.c.experiment_id == experiment_id
+            )
+            if conn.dialect.name == "postgresql":
+                # Concurrent evaluations of one experiment take their look numbers one at a time.
+                # (SQLite writes one transaction at a time; the primary key guards the rest.)
+                query = query.with_for_update()
+            experiment = conn.execute(query).first()
+            if experiment is None:
+                raise ExperimentsLookError(f"no experiment {experiment_id!r} to record a look of")
+            recorded = conn.execute(
+                sa.select(experiment_looks).where(
+                    experiment_looks.c.experiment_id == experiment_id, experiment_looks.c.evaluated_at == evaluated_at
+                )
+            ).first()
+            if recorded is not None:
+                return _look(recorded)
+            if experiment.status != RUNNING:
+                raise ExperimentsLookError(
+                    f"the experiment {experiment_id!r} is {experiment.status}, no longer running: "
+                    f"no look at {evaluated_at.isoformat()} is recorded"
+                )
+            last = conn.execute(
+                sa.select(experiment_looks.c.look_number, experiment_looks.c.evaluated_at)
+                .where(experiment_looks.c.experiment_id == experiment_id)
+                .order_by(experiment_looks.c.look_number.desc())
+                .limit(1)
+            ).first()
+            if last is not None and not evaluated_at > last.evaluated_at:
+                raise ExperimentsLookError(
+                    f"a look of {experiment_id!r} at {evaluated_at.isoformat()} is not after its last look, "
+                    f"number {last.look_number} at {last.evaluated_at.isoformat()}"
+                )
+            row = {
+                "experiment_id": experiment_id,
+                "look_number": 1 if last is None else last.look_number + 1,
+                "evaluated_at": evaluated_at,
+                "data_until": as_utc(data_until),
+                "challenger_share": challenger_share,
+                "information": information,
+                "information_fraction": information_fraction,
+                "statistic": statistic,
+                "boundary": boundary,
+                "alpha_spent": alpha_spent,
+                "decision": decision,
+                "reason": reason,
+                "data": data.to_json(),
+                "analysis": None if analysis is None else json.dumps(analysis, default=str),
+            }
+            try:
+                conn.execute(experiment_looks.insert().values(**row))
+            except sa.exc.IntegrityError:
+                raise ExperimentsLookError(
+                    f"another evaluation of {experiment_id!r} recorded look number {row['look_number']} "
+                    "at the same time; evaluate again"
+                ) from None
+            if ramp_to is not None:
+                self._ramp(conn, experiment_id, experiment, share=ramp_to, switch_at=evaluated_at, grace=grace_minutes)
+            inserted = conn.execute(
+                sa.select(experiment_looks).where(
+                    experiment_looks.c.experiment_id == experiment_id,
+                    experiment_looks.c.look_number == row["look_number"],
+                )
+            ).one()
+        return _look(inserted)
+
+    @staticmethod
+    def _ramp(
+        conn: Connection, experiment_id: str, experiment: sa.Row, *, share: float, switch_at: datetime, grace: float
+    ) -> None:
+        """Move the running experiment's share to ``share`` at ``switch_at``: compare-and-set on
+        the share and phases read, so a stale or repeated ramp changes nothing."""
+        if experiment.phases is None:
+            raise ExperimentsLookError(
+                f"the experiment {experiment_id!r} started before plans and has no phases: its share cannot ramp"
+            )
+        phases = phases_from_json(experiment.phases)
+        if share == phases[-1].share or experiment.challenger_share != phases[-1].share:
+            return
+        conn.execute(
+            experiments.update()
+            .where(
+                experiments.c.experiment_id == experiment_id,
+                experiments.c.status == RUNNING,
+                experiments.c.challenger_share == experiment.challenger_share,
+                experiments.c.phases == experiment.phases,
+            )
+            .values(
+                challenger_share=share,
+                phases=phases_to_json(ramped_phases(phases, share=share, switch_at=switch_at, grace_minutes=grace)),
+            )
+        )

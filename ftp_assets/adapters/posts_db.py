@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 if TYPE_CHECKING:
     from ftp_assets.domain.ab_stats import ArmStats
+    from ftp_assets.domain.experiment_plan import ArmSums, Covariates, Phase, PreExperimentCell
 
 POSTS_COLUMNS = (
     "id",
@@ -195,6 +196,13 @@ class ArmOutcomes:
     treatment: ArmStats
     data_until: datetime | None  # the newest post included
     excluded_impossible: int  # posts of either arm left out for impossible counts
+
+
+@dataclass(frozen=True)
+class PhaseOutcomes:
+    phases: tuple[tuple[ArmSums, ArmSums], ...]  # per phase, in order: (control, treatment)
+    data_until: datetime | None  # the newest post included
+    excluded_impossible: int  # posts of either arm in any phase left out for impossible counts
 
 
 class PostsDatabase:
@@ -535,6 +543,200 @@ class PostsDatabase:
             data_until=max(newest) if newest else None,
             excluded_impossible=sum(int(row.impossible) for row in rows.values()),
         )
+
+    def _utc_weekday_hour(self) -> tuple[sa.ColumnElement, sa.ColumnElement]:
+        """The UTC weekday (Monday = 0, as Python's ``weekday()``) and hour of ``created_at``."""
+        created_at = self.table.c.created_at
+        if self.is_postgres:
+            # Explicitly in UTC: EXTRACT on a timestamptz reads it in the session's time zone.
+            utc = sa.func.timezone("UTC", created_at)
+            weekday = sa.cast(sa.extract("isodow", utc), sa.Integer) - 1
+            return weekday, sa.cast(sa.extract("hour", utc), sa.Integer)
+        # SQLite stores UTC text; its %w counts from Sunday = 0.
+        weekday = (sa.cast(sa.func.strftime("%w", created_at), sa.Integer) + 6) % 7
+        return weekday, sa.cast(sa.func.strftime("%H", created_at), sa.Integer)
+
+    def pre_experiment_cells(
+        self, *, since: datetime, until: datetime, rule: SelectionRule = SelectionRule()
+    ) -> list[PreExperimentCell]:
+        """Posts of any model created in [since, until) with possible counts, per persona, UTC
+        weekday and hour: the counts the covariates are fitted from, in one aggregate query.
+        A post without a persona is counted under "", the key ``Covariates.values`` looks it up by."""
+        from ftp_assets.domain.experiment_plan import PreExperimentCell
+
+        t = self.table.c
+        weekday, hour = self._utc_weekday_hour()
+        # Grouped outside a subquery: PostgreSQL matches GROUP BY expressions by their text, and
+        # the bound parameters of the time functions would make the two texts differ.
+        posts = (
+            sa.select(
+                sa.func.coalesce(t.persona_id, "").label("persona_id"),
+                weekday.label("weekday"),
+                hour.label("hour"),
+                sa.cast(t.engagements, sa.Float).label("x"),
+                sa.cast(t.impressions, sa.Float).label("y"),
+            )
+            .where(t.created_at >= since, t.created_at < until, self.possible_counts(rule))
+            .subquery()
+        )
+        p = posts.c
+        query = (
+            sa.select(
+                p.persona_id,
+                p.weekday,
+                p.hour,
+                sa.func.count().label("posts"),
+                sa.func.sum(p.x).label("sum_x"),
+                sa.func.sum(p.y).label("sum_y"),
+            )
+            .group_by(p.persona_id, p.weekday, p.hour)
+            .order_by(p.persona_id, p.weekday, p.hour)
+        )
+        with self.read_only() as conn:
+            return [
+                PreExperimentCell(
+                    persona_id=row.persona_id,
+                    weekday=int(row.weekday),
+                    hour=int(row.hour),
+                    posts=int(row.posts),
+                    sum_x=float(row.sum_x),
+                    sum_y=float(row.sum_y),
+                )
+                for row in conn.execute(query)
+            ]
+
+    def phase_outcomes(
+        self,
+        task: str,
+        *,
+        control_model: str,
+        treatment_model: str,
+        phases: Sequence[Phase],
+        matured_before: datetime,
+        covariates: Covariates | None,
+        rule: SelectionRule = SelectionRule(),
+    ) -> PhaseOutcomes:
+        """Both arms' sums per phase in one aggregate query: posts written by either model in a
+        phase ([starts_at, ends_at)) and older than the maturity cut-off. Posts between phases
+        (the grace windows of a ramp) belong to none and are left out. Given ``covariates``, the
+        sums of each post's covariate vector (``Covariates.values``) come with them."""
+        from ftp_assets.domain.experiment_plan import ArmSums
+
+        for before, after in zip(phases, phases[1:], strict=False):
+            if before.ends_at is None or after.starts_at < before.ends_at:
+                raise ValueError("phases must follow each other without overlapping; only the last may be open")
+        d = 0 if covariates is None else 3
+        if not phases:
+            return PhaseOutcomes(phases=(), data_until=None, excluded_impossible=0)
+
+        t = self.table.c
+        model = self.model_column(task)
+        phase_index = sa.case(
+            *(
+                (
+                    t.created_at >= phase.starts_at
+                    if phase.ends_at is None
+                    else sa.and_(t.created_at >= phase.starts_at, t.created_at < phase.ends_at),
+                    k,
+                )
+                for k, phase in enumerate(phases)
+            ),
+            else_=None,
+        )
+        columns = [
+            model.label("model"),
+            phase_index.label("phase"),
+            t.created_at.label("created_at"),
+            sa.case((self.possible_counts(rule), 1), else_=0).label("possible"),
+            sa.cast(t.engagements, sa.Float).label("x"),
+            sa.cast(t.impressions, sa.Float).label("y"),
+        ]
+        if covariates is not None:
+            columns += [w.label(f"w{j}") for j, w in enumerate(self._covariate_columns(covariates))]
+        # The overall time range bounds the scan, so the (model, created_at) indexes serve it.
+        in_range = [t.created_at >= min(phase.starts_at for phase in phases), t.created_at < matured_before]
+        if phases[-1].ends_at is not None:
+            in_range.append(t.created_at < phases[-1].ends_at)
+        posts = sa.select(*columns).where(model.in_([control_model, treatment_model]), *in_range).subquery()
+        p = posts.c
+
+        def total(value: sa.ColumnElement) -> sa.ColumnElement:
+            return sa.func.coalesce(sa.func.sum(sa.case((p.possible == 1, value), else_=0.0)), 0.0)
+
+        w = [p[f"w{j}"] for j in range(d)]
+        pairs = [(j, k) for j in range(d) for k in range(j, d)]
+        query = (
+            sa.select(
+                p.model,
+                p.phase,
+                sa.func.coalesce(sa.func.sum(p.possible), 0).label("n"),
+                total(p.x).label("sum_x"),
+                total(p.y).label("sum_y"),
+                total(p.x * p.x).label("sum_x2"),
+                total(p.y * p.y).label("sum_y2"),
+                total(p.x * p.y).label("sum_xy"),
+                *(total(w[j]).label(f"sum_w{j}") for j in range(d)),
+                *(total(w[j] * w[k]).label(f"sum_w{j}w{k}") for j, k in pairs),
+                *(total(p.x * w[j]).label(f"sum_xw{j}") for j in range(d)),
+                *(total(p.y * w[j]).label(f"sum_yw{j}") for j in range(d)),
+                sa.func.max(p.created_at).label("newest"),
+                sa.func.coalesce(sa.func.sum(1 - p.possible), 0).label("impossible"),
+            )
+            .where(p.phase.is_not(None))
+            .group_by(p.model, p.phase)
+        )
+        with self.read_only() as conn:
+            rows = {(row.model, int(row.phase)): row._mapping for row in conn.execute(query)}
+
+        def arm(model_id: str, k: int) -> ArmSums:
+            row = rows.get((model_id, k))
+            if row is None:
+                return ArmSums.empty(d)
+            ww = {(j, k): float(row[f"sum_w{j}w{k}"]) for j, k in pairs}
+            return ArmSums(
+                n=int(row["n"]),
+                sum_x=float(row["sum_x"]),
+                sum_y=float(row["sum_y"]),
+                sum_x2=float(row["sum_x2"]),
+                sum_y2=float(row["sum_y2"]),
+                sum_xy=float(row["sum_xy"]),
+                sum_w=tuple(float(row[f"sum_w{j}"]) for j in range(d)),
+                sum_ww=tuple(tuple(ww[min(j, k), max(j, k)] for k in range(d)) for j in range(d)),
+                sum_xw=tuple(float(row[f"sum_xw{j}"]) for j in range(d)),
+                sum_yw=tuple(float(row[f"sum_yw{j}"]) for j in range(d)),
+            )
+
+        newest = [row["newest"] for row in rows.values() if row["newest"] is not None]
+        return PhaseOutcomes(
+            phases=tuple((arm(control_model, k), arm(treatment_model, k)) for k in range(len(phases))),
+            data_until=max(newest) if newest else None,
+            excluded_impossible=sum(int(row["impossible"]) for row in rows.values()),
+        )
+
+    def _covariate_columns(self, covariates: Covariates) -> list[sa.ColumnElement]:
+        """A post's covariate vector as ``Covariates.values`` defines it: its persona's rate (a
+        missing persona is looked up as "", an unknown one gets the overall rate), then its UTC
+        weekday's and hour's rates."""
+
+        def rate(value: float) -> sa.ColumnElement:
+            return sa.literal(float(value), sa.Float)
+
+        overall = rate(covariates.overall_rate)
+        persona = (
+            sa.case(
+                {name: rate(value) for name, value in covariates.persona_rates.items()},
+                value=sa.func.coalesce(self.table.c.persona_id, ""),
+                else_=overall,
+            )
+            if covariates.persona_rates
+            else overall
+        )
+        weekday, hour = self._utc_weekday_hour()
+        return [
+            persona,
+            sa.case({day: rate(value) for day, value in enumerate(covariates.weekday_rates)}, value=weekday),
+            sa.case({h: rate(value) for h, value in enumerate(covariates.hour_rates)}, value=hour),
+        ]
 
     def newest_post_by(
         self, task: str, models: Sequence[str], *, since: datetime, matured_before: datetime

@@ -307,12 +307,12 @@ def analyze(
         power=power,
         sequential_tuning=sequential_tuning,
     )
-    reason = _insufficient_data_reason(control, treatment)
+    reason = insufficient_data_reason(control, treatment)
     if reason is not None:
         return _analysis_without_effect(settings, reason)
     rate_control, rate_treatment = control.rate, treatment.rate
     if rate_control is None or rate_treatment is None:
-        # _insufficient_data_reason answers for an arm without impressions, the only case without a rate.
+        # insufficient_data_reason answers for an arm without impressions, the only case without a rate.
         raise RuntimeError("both arms have impressions here, so both must have a rate")
     unit_variance_control = control.rate_unit_variance()
     unit_variance_treatment = treatment.rate_unit_variance()
@@ -452,7 +452,7 @@ def _analysis_without_effect(settings: _AnalysisSettings, reason: str) -> Analys
     )
 
 
-def _insufficient_data_reason(control: ArmStats, treatment: ArmStats) -> str | None:
+def insufficient_data_reason(control: ArmStats, treatment: ArmStats) -> str | None:
     for arm, stats_ in (("champion", control), ("challenger", treatment)):
         if stats_.n < 2:
             return f"the {arm} arm has {stats_.n} posts; at least 2 per arm are needed"

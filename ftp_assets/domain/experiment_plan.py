@@ -116,7 +116,8 @@ class ArmSums:
             self.sum_xy + other.sum_xy,
             tuple(a + b for a, b in zip(self.sum_w, other.sum_w, strict=True)),
             tuple(
-                tuple(a + b for a, b in zip(ra, rb, strict=True)) for ra, rb in zip(self.sum_ww, other.sum_ww, strict=True)
+                tuple(a + b for a, b in zip(ra, rb, strict=True))
+                for ra, rb in zip(self.sum_ww, other.sum_ww, strict=True)
             ),
             tuple(a + b for a, b in zip(self.sum_xw, other.sum_xw, strict=True)),
             tuple(a + b for a, b in zip(self.sum_yw, other.sum_yw, strict=True)),
@@ -176,7 +177,9 @@ def phases_from_json(text: str) -> tuple[Phase, ...]:
     return tuple(Phase.from_dict(values) for values in json.loads(text))
 
 
-def ramped_phases(phases: Sequence[Phase], *, share: float, switch_at: datetime, grace_minutes: float) -> tuple[Phase, ...]:
+def ramped_phases(
+    phases: Sequence[Phase], *, share: float, switch_at: datetime, grace_minutes: float
+) -> tuple[Phase, ...]:
     """The phases after the share changes at ``switch_at``: the phase in force ends ``grace_minutes``
     before the switch and the new one starts as long after it, so the posts an agent may have routed
     with either share (it reads the change late, or its clock is off) belong to neither phase."""
@@ -301,7 +304,7 @@ class ExperimentPlan:
 
     rule: Rule
     alpha: float
-    maximum_information: float
+    maximum_information: float | None  # required by the group-sequential rule
     maximum_information_basis: str  # how it was planned, in words
     started_at: datetime
     max_duration_hours: float = 168.0
@@ -333,8 +336,11 @@ class ExperimentPlan:
                 raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
         if self.ramped_share < self.initial_share:
             raise ValueError("the ramp only raises the challenger's share: ramped_share >= initial_share")
-        if not (math.isfinite(self.maximum_information) and self.maximum_information > 0):
-            raise ValueError(f"maximum_information must be positive, got {self.maximum_information!r}")
+        information = self.maximum_information
+        if information is None and self.rule == "group_sequential":
+            raise ValueError("the group-sequential rule needs a maximum information")
+        if information is not None and not (math.isfinite(information) and information > 0):
+            raise ValueError(f"maximum_information must be positive, got {information!r}")
         if not self.max_duration_hours > 0:
             raise ValueError(f"max_duration_hours must be positive, got {self.max_duration_hours!r}")
         if not self.minimum_lift >= 0:
