@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -218,7 +218,8 @@ class Covariates:
             raise ValueError("covariate rates must be finite and non-negative")
 
     def values(self, persona_id: str | None, created_at: datetime) -> tuple[float, float, float]:
-        """The covariate vector of a post (``created_at`` in UTC)."""
+        """The covariate vector of a post, its weekday and hour read in UTC."""
+        created_at = created_at.astimezone(UTC)
         persona = self.persona_rates.get(persona_id or "", self.overall_rate)
         return persona, self.weekday_rates[created_at.weekday()], self.hour_rates[created_at.hour]
 
@@ -265,8 +266,8 @@ SHRINKAGE_IMPRESSIONS = 5000.0
 def fit_covariates(
     cells: Sequence[PreExperimentCell], *, since: datetime, until: datetime, minimum_posts: int = 200
 ) -> Covariates | None:
-    """The pre-experiment rates, or None when fewer than ``minimum_posts`` posts with impressions
-    exist (no usable covariate: the analysis is unadjusted). Each rate is shrunk towards the overall
+    """The pre-experiment rates, or None when there are fewer than ``minimum_posts`` posts or no
+    impressions (no usable covariate: the analysis is unadjusted). Each rate is shrunk towards the overall
     rate by :data:`SHRINKAGE_IMPRESSIONS` impressions, so a persona seen in few posts stays near it."""
     posts = sum(cell.posts for cell in cells)
     total_x = sum(cell.sum_x for cell in cells)

@@ -37,8 +37,9 @@ look continuously; with one phase and no covariates it is the rule experiments u
 sequential test of Lindon & Malek, :mod:`ftp_assets.domain.sequential_srm`, per phase, valid over
 any number of looks); (2) without data for a statistic: continue, or reject at the deadline;
 (3) promote on crossing (z ≥ boundary, or the always-valid lower bound above ``minimum_lift``);
-(4) reject when the always-valid interval at ``guardrail_alpha`` lies below zero (the challenger is
-worse: a non-binding futility stop, so it costs power but never error rate); (5) reject at the final
+(4) reject when the always-valid interval at ``guardrail_alpha`` (under the always-valid rule: its
+own interval, at ``alpha``) lies below zero (the challenger is worse: a non-binding futility stop,
+so it costs power but never error rate); (5) reject at the final
 look; (6) ramp: in the first phase, once the challenger has ``ramp_min_challenger_posts`` posts and
 the upper bound of that always-valid interval is above zero (no sign of harm), ``ramp_to`` tells the
 caller to raise the share to ``ramped_share``; (7) continue.
@@ -62,8 +63,8 @@ from ftp_assets.domain.experiment_plan import ArmSums, ExperimentPlan, LookData,
 from ftp_assets.domain.group_sequential import SpendingFunction, efficacy_boundaries, final_boundary
 from ftp_assets.domain.sequential_srm import sequential_srm
 
-# A covariate matrix whose smallest eigenvalue is below this share of its largest is treated as
-# singular: those directions are left out of the adjustment (numpy's pinv cut-off).
+# Directions of the within-arm covariate scatter below this share of the covariates' raw second
+# moments are treated as constant: those directions are left out of the adjustment.
 _SINGULAR_RATIO = 1e-10
 # Fractions are rounded to this many digits, so looks with equal counts share cached boundaries.
 _FRACTION_DIGITS = 12
@@ -150,7 +151,7 @@ def analyze_looks(plan: ExperimentPlan, looks: Sequence[LookData]) -> LookAnalys
     past_deadline = last.evaluated_at >= deadline
 
     phases = tuple(_analyze_phase(plan, looks, index, phase) for index, phase in enumerate(data.phases))
-    information = sum(phase.information for phase in phases)
+    information = sum(phase.information for phase in phases if phase.lift is not None)
     n_control = sum(p.n_control for p in phases)
     n_treatment = sum(p.n_treatment for p in phases)
     estimated = [p for p in phases if p.lift is not None]
@@ -162,7 +163,7 @@ def analyze_looks(plan: ExperimentPlan, looks: Sequence[LookData]) -> LookAnalys
         standard_error = math.sqrt(float(weights**2 @ [p.standard_error**2 for p in estimated]))  # type: ignore[operator]
         unadjusted_se = math.sqrt(float(weights**2 @ [p.unadjusted_standard_error**2 for p in estimated]))  # type: ignore[operator]
         variance_reduction = 1 - (standard_error / unadjusted_se) ** 2 if unadjusted_se > 0 else None
-    adjustment = _adjustment_note(plan, variance_reduction, estimated)
+    adjustment = _adjustment_note(plan, variance_reduction, estimated, data.phases[0].control.covariates > 0)
     srm_p_value = min(p.srm_p_value for p in phases)
     insufficient = None
     if standard_error is None or not standard_error > 0:
@@ -298,10 +299,10 @@ def planned_information(
 
     basis = f"{posts_per_hour:.1f} posts an hour over the {window:g} h whose posts mature by the deadline"
     switch = maturity_hours + ramp_min_challenger_posts / (posts_per_hour * initial_share)
-    if ramped_share <= initial_share or switch + grace >= window:
+    if ramped_share <= initial_share or switch >= window:
         return posts_per_hour * window * balance(initial_share), f"{basis}, all at share {initial_share:g}"
     first = posts_per_hour * (switch - grace) * balance(initial_share)
-    second = posts_per_hour * (window - switch - grace) * balance(ramped_share)
+    second = posts_per_hour * max(window - switch - grace, 0.0) * balance(ramped_share)
     return first + second, (
         f"{basis}: share {initial_share:g} until about {switch:.0f} h, then {ramped_share:g} (grace {grace * 2:g} h)"
     )
@@ -311,8 +312,22 @@ def planned_information(
 
 
 def information_of(look: LookData) -> float:
-    """Effective posts of a look: Σ over phases of posts·share·(1 − share)."""
-    return sum((p.control.n + p.treatment.n) * p.share * (1 - p.share) for p in look.phases)
+    """Effective posts of a look: Σ over the phases that have an estimate of posts·share·(1 − share).
+    A phase without one (its challenger has no posts yet, say) adds nothing to the statistic, so
+    it adds no information either."""
+    return sum(_phase_information(p) for p in look.phases if _estimable(p))
+
+
+def _phase_information(phase: PhaseLook) -> float:
+    return (phase.control.n + phase.treatment.n) * phase.share * (1 - phase.share)
+
+
+def _estimable(phase: PhaseLook) -> bool:
+    """Whether the phase's data gives a lift with a positive variance."""
+    control, treatment = phase.control.stats(), phase.treatment.stats()
+    if insufficient_data_reason(control, treatment) is not None:
+        return False
+    return control.rate_unit_variance() > 0 or treatment.rate_unit_variance() > 0
 
 
 def _check_looks(plan: ExperimentPlan, looks: Sequence[LookData]) -> None:
@@ -324,6 +339,8 @@ def _check_looks(plan: ExperimentPlan, looks: Sequence[LookData]) -> None:
     for look in looks:
         if not look.phases:
             raise ValueError("a look has at least one phase")
+        if len(look.phases) > 1 and not plan.ramps:
+            raise ValueError("a plan without a ramp has one phase")
         if look.phases[0].share != plan.initial_share:
             raise ValueError(f"the first phase runs at the plan's initial share {plan.initial_share}")
         for phase in look.phases[1:]:
@@ -334,17 +351,13 @@ def _check_looks(plan: ExperimentPlan, looks: Sequence[LookData]) -> None:
             raise ValueError("every arm of a look has the same covariates")
 
 
-def _has_statistic(look: LookData) -> bool:
-    return any(insufficient_data_reason(p.control.stats(), p.treatment.stats()) is None for p in look.phases)
-
-
 def _counted_looks(looks: Sequence[LookData]) -> list[int]:
     """Indexes of the looks that spend error: each added information and had data for a statistic."""
     counted: list[int] = []
     best = 0.0
     for index, look in enumerate(looks):
         information = information_of(look)
-        if information > best and _has_statistic(look):
+        if information > best:
             counted.append(index)
             best = information
     return counted
@@ -410,13 +423,17 @@ def _detectable_lift(plan: ExperimentPlan, standard_error: float | None, informa
     return plan.minimum_lift + z_sum * standard_error * math.sqrt(information / plan.maximum_information)
 
 
-def _adjustment_note(plan: ExperimentPlan, reduction: float | None, estimated: Sequence[PhaseAnalysis]) -> str:
+def _adjustment_note(
+    plan: ExperimentPlan, reduction: float | None, estimated: Sequence[PhaseAnalysis], covariate_sums: bool
+) -> str:
     if plan.covariates is None:
         return f"unadjusted: {plan.covariates_note or 'the plan has no covariates'}"
     if reduction is None or not estimated:
         return "unadjusted: no estimate yet"
+    if not covariate_sums:
+        return "unadjusted: the looks carry no covariate sums"
     if all(p.unadjusted_standard_error == p.standard_error for p in estimated):
-        return "unadjusted: the covariates did not vary within the arms"
+        return "unadjusted: the covariates did not vary within the arms (or adjusted a rate to zero)"
     covariates = plan.covariates
     return (
         f"regression-adjusted (CUPED) on the persona's, weekday's and hour's engagement rate over "
@@ -439,13 +456,15 @@ def _analyze_phase(plan: ExperimentPlan, looks: Sequence[LookData], index: int, 
     srm = sequential_srm(
         [c for c, _ in counts], [t for _, t in counts], phase.share, plan.srm_prior_concentration
     ).p_value
-    information = (control.n + treatment.n) * phase.share * (1 - phase.share)
+    information = _phase_information(phase)
     reason = insufficient_data_reason(control.stats(), treatment.stats())
     empty = PhaseAnalysis(
         phase.share, control.n, treatment.n, information, None, None, None, None, None, None, srm, reason
     )
     if reason is not None:
         return empty
+    if plan.covariates is None:  # sums the plan never asked for do not adjust anything
+        control, treatment = control.without_covariates(), treatment.without_covariates()
     rate_c, var_c, rate_t, var_t, rate_c0, var_c0, rate_t0, var_t0 = _adjusted_rates(control, treatment)
     lift, lift_variance = _relative_lift(rate_c, var_c, rate_t, var_t)
     lift0, lift_variance0 = _relative_lift(rate_c0, var_c0, rate_t0, var_t0)
@@ -497,7 +516,15 @@ def _adjusted_rates(control: ArmSums, treatment: ArmSums) -> tuple[float, ...]:
         scatter_ww += s_ww
         scatter_wm += s_wm
         per_arm.append((s_ww / (n - 1), s_wm / (n - 1), sum_w / n))
-    theta = np.linalg.pinv(scatter_ww, rcond=_SINGULAR_RATIO, hermitian=True) @ scatter_wm
+    # Directions in which w hardly varies within the arms are left out: their scatter is rounding
+    # noise (Σww − ΣwΣwᵀ/n of a constant rate), far below the raw second moments it came from.
+    raw_scale = max(float(np.max(np.diag(np.array(control.sum_ww) + np.array(treatment.sum_ww)))), 1e-300)
+    eigenvalues, eigenvectors = np.linalg.eigh(scatter_ww)
+    kept = eigenvalues > _SINGULAR_RATIO * raw_scale
+    if not kept.any():
+        return (*unadjusted, *unadjusted)
+    inverse = (eigenvectors[:, kept] / eigenvalues[kept]) @ eigenvectors[:, kept].T
+    theta = inverse @ scatter_wm
     both_mean_w = (np.array(control.sum_w) + np.array(treatment.sum_w)) / (control.n + treatment.n)
     adjusted = []
     for arm, rate, unit_variance, (cov_ww, cov_wm, mean_w) in zip(arms, rates, unit_variances, per_arm, strict=True):
