@@ -8,6 +8,7 @@ PostgreSQL, through ADBC's driver, so that a million rows arrive as Arrow withou
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -566,8 +567,8 @@ class PostsDatabase:
 
         t = self.table.c
         weekday, hour = self._utc_weekday_hour()
-        # Grouped outside a subquery: PostgreSQL matches GROUP BY expressions by their text, and
-        # the bound parameters of the time functions would make the two texts differ.
+        # Grouped over a subquery: PostgreSQL matches GROUP BY expressions by their text, and the
+        # bound parameters of the time functions would make the select's and the group's differ.
         posts = (
             sa.select(
                 sa.func.coalesce(t.persona_id, "").label("persona_id"),
@@ -622,7 +623,7 @@ class PostsDatabase:
         sums of each post's covariate vector (``Covariates.values``) come with them."""
         from ftp_assets.domain.experiment_plan import ArmSums
 
-        for before, after in zip(phases, phases[1:], strict=False):
+        for before, after in itertools.pairwise(phases):
             if before.ends_at is None or after.starts_at < before.ends_at:
                 raise ValueError("phases must follow each other without overlapping; only the last may be open")
         d = 0 if covariates is None else 3
@@ -688,8 +689,8 @@ class PostsDatabase:
         with self.read_only() as conn:
             rows = {(row.model, int(row.phase)): row._mapping for row in conn.execute(query)}
 
-        def arm(model_id: str, k: int) -> ArmSums:
-            row = rows.get((model_id, k))
+        def arm(model_id: str, index: int) -> ArmSums:
+            row = rows.get((model_id, index))
             if row is None:
                 return ArmSums.empty(d)
             ww = {(j, k): float(row[f"sum_w{j}w{k}"]) for j, k in pairs}
@@ -737,6 +738,14 @@ class PostsDatabase:
             sa.case({day: rate(value) for day, value in enumerate(covariates.weekday_rates)}, value=weekday),
             sa.case({h: rate(value) for h, value in enumerate(covariates.hour_rates)}, value=hour),
         ]
+
+    def first_post_at(self, *, since: datetime, until: datetime) -> datetime | None:
+        """The oldest post created in [since, until), None when there is none: where a history
+        shorter than the window starts, so a post rate is not diluted by the weeks before it."""
+        t = self.table.c
+        query = sa.select(sa.func.min(t.created_at)).where(t.created_at >= since, t.created_at < until)
+        with self.read_only() as conn:
+            return as_utc(conn.execute(query).scalar())
 
     def newest_post_by(
         self, task: str, models: Sequence[str], *, since: datetime, matured_before: datetime

@@ -404,12 +404,9 @@ def _cached_boundaries(
     """Boundaries of looks at ``fractions``; with ``final`` the last spends all that is left.
     Cached: the benchmark's simulated experiments share their look schedules."""
     if final:
-        earlier = list(_cached_boundaries(fractions[:-1], alpha, spending, False)) if len(fractions) > 1 else []
+        # The earlier looks keep their spending-function boundaries; the last spends the rest.
+        earlier = _cached_boundaries(fractions[:-1], alpha, spending, False) if len(fractions) > 1 else ()
         return (*earlier, final_boundary(fractions[:-1], fractions[-1], alpha, spending))
-    if len(fractions) > 1:
-        # Earlier boundaries depend only on earlier fractions: reuse them, solve the last one.
-        earlier = _cached_boundaries(fractions[:-1], alpha, spending, False)
-        return (*earlier, efficacy_boundaries(fractions, alpha, spending)[-1])
     return tuple(efficacy_boundaries(fractions, alpha, spending))
 
 
