@@ -14,7 +14,7 @@ from upath import UPath
 
 from ftp_assets.adapters.posts_db import PostsDatabase, redacted
 from ftp_assets.home import ftp_home, home_path, installed_command
-from ftp_assets.steps.experiment import DecisionRule
+from ftp_assets.steps.experiment import DecisionRule, PlanSettings
 from ftp_assets.steps.fine_tune import FineTuneOptions
 
 if TYPE_CHECKING:
@@ -374,27 +374,59 @@ class ServingEndpoints(ConfigurableResource):
 
 class ExperimentSettings(ConfigurableResource):
     """The A/B experiment: the agent's current models (the first champions), the challenger's
-    traffic share, and the decision rule's parameters."""
+    traffic shares, and the decision rule's parameters (docs/experiment.md#settings). A new
+    experiment fixes its plan from these at its start; later changes apply to later experiments."""
 
     hook_agent_model: str = "gpt-4o-mini-2024-07-18"
     body_agent_model: str = "gpt-4o-mini-2024-07-18"
+    # The challenger's share at the start, and after the guardrail look (equal: no ramp).
     challenger_share: float = Field(default=0.10, gt=0, lt=1)
+    ramped_share: float = Field(default=0.50, gt=0, lt=1)
+    ramp_min_challenger_posts: int = Field(default=200, ge=2)
+    ramp_grace_minutes: float = Field(default=60.0, ge=0)
     maturity_hours: float = 24.0
-    alpha: float = 0.05
-    minimum_lift: float = 0.0
+    decision_rule: Literal["group_sequential", "always_valid"] = "group_sequential"
+    # The group-sequential rule's false-promotion rate (one-sided) and its spending function.
+    one_sided_alpha: float = Field(default=0.025, gt=0, lt=0.5)
+    spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+    # The always-valid interval's level: of the always-valid rule, and of the harm and ramp checks.
+    two_sided_alpha: float = Field(default=0.05, gt=0, lt=1)
+    minimum_lift: float = Field(default=0.0, ge=0)
     minimum_detectable_effect: float = 0.10
     max_duration_hours: float = 168.0
-    srm_threshold: float = 0.001
+    srm_threshold: float = Field(default=0.001, gt=0, lt=1)
+    # Weeks of posts before the start that plan the sample (their rate) and give the covariates.
+    history_weeks: float = Field(default=4.0, gt=0)
+    regression_adjustment: bool = True
 
     def agent_model(self, task: str) -> str:
         return self.hook_agent_model if task == "hook" else self.body_agent_model
 
-    def decision_rule(self) -> DecisionRule:
+    def decision_rule_settings(self) -> DecisionRule:
         return DecisionRule(
             maturity_hours=self.maturity_hours,
-            alpha=self.alpha,
+            alpha=self.two_sided_alpha,
             minimum_lift=self.minimum_lift,
             minimum_detectable_effect=self.minimum_detectable_effect,
             max_duration_hours=self.max_duration_hours,
             srm_threshold=self.srm_threshold,
+        )
+
+    def planning(self) -> PlanSettings:
+        return PlanSettings(
+            rule=self.decision_rule,
+            one_sided_alpha=self.one_sided_alpha,
+            two_sided_alpha=self.two_sided_alpha,
+            spending=self.spending,
+            initial_share=self.challenger_share,
+            # A ramped share below the initial one means no ramp.
+            ramped_share=max(self.ramped_share, self.challenger_share),
+            ramp_min_challenger_posts=self.ramp_min_challenger_posts,
+            ramp_grace_minutes=self.ramp_grace_minutes,
+            maturity_hours=self.maturity_hours,
+            max_duration_hours=self.max_duration_hours,
+            minimum_lift=self.minimum_lift,
+            srm_threshold=self.srm_threshold,
+            history_weeks=self.history_weeks,
+            regression_adjustment=self.regression_adjustment,
         )

@@ -54,7 +54,9 @@ def posts(pg_database: str, pg_posts_url: str) -> Iterator[dict]:
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{READER_PASSWORD}'")
         conn.execute(f"GRANT SELECT ON posts TO {role}")
-        conn.execute(f"GRANT ALL ON ftp_experiments, ftp_fine_tuning_jobs, ftp_alembic_version TO {role}")
+        conn.execute(
+            f"GRANT ALL ON ftp_experiments, ftp_experiment_looks, ftp_fine_tuning_jobs, ftp_alembic_version TO {role}"
+        )
     info = conninfo_to_dict(pg_database)
     reader = f"postgresql+psycopg://{role}:{READER_PASSWORD}@{info['host']}:{info.get('port', 5432)}/{info['dbname']}"
     try:
@@ -209,6 +211,7 @@ def test_experiments_one_migration_behind_and_missing(healthy, posts):
     assert "0001" in check.detail and ExperimentStore.head_revision() in check.detail
 
     with owner.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE ftp_experiment_looks")  # its foreign key holds ftp_experiments
         conn.exec_driver_sql("DROP TABLE ftp_experiments")
         conn.exec_driver_sql("DROP TABLE ftp_alembic_version")
     owner.engine.dispose()

@@ -18,6 +18,7 @@ from ftp_assets.adapters.experiments_store import (
     VERSION_TABLE,
     ExperimentsSchemaError,
     ExperimentStore,
+    experiment_looks,
     experiments,
     migrations_config,
 )
@@ -103,9 +104,10 @@ def test_a_fresh_database_is_migrated_to_head_under_our_own_version_table(engine
     store = ExperimentStore(engine)
     assert store.schema_revision() is None
     store.init_schema()
-    assert {"ftp_experiments", "ftp_fine_tuning_jobs", VERSION_TABLE} <= table_names(engine)
+    assert {"ftp_experiments", "ftp_experiment_looks", "ftp_fine_tuning_jobs", VERSION_TABLE} <= table_names(engine)
     assert "alembic_version" not in table_names(engine)
-    assert store.schema_revision() == ExperimentStore.head_revision() == "0003"
+    assert store.schema_revision() == ExperimentStore.head_revision() == "0004"
+    assert store.missing_tables() == []
 
 
 def test_init_schema_twice_changes_nothing(engine):
@@ -182,7 +184,7 @@ def test_the_baseline_creates_exactly_the_pre_migration_columns(engine):
     assert migrated == list(BASELINE_COLUMNS) == [column.name for column in pre_migration_table().columns]
 
 
-@pytest.mark.parametrize("model", [experiments, fine_tuning_jobs], ids=lambda table: table.name)
+@pytest.mark.parametrize("model", [experiments, experiment_looks, fine_tuning_jobs], ids=lambda table: table.name)
 def test_the_query_model_matches_the_migrated_schema(engine, model):
     ExperimentStore(engine).init_schema()
     inspector = sa.inspect(engine)
@@ -203,6 +205,7 @@ def test_the_query_model_matches_the_migrated_schema(engine, model):
     migrated_indexes = {
         (index["name"], bool(index["unique"]), tuple(index["column_names"]))
         for index in inspector.get_indexes(model.name)
+        if "duplicates_constraint" not in index  # PostgreSQL's index behind a unique constraint
     }
     model_indexes = {
         (index.name, index.unique, tuple(column.name for column in index.columns)) for index in model.indexes
@@ -211,6 +214,56 @@ def test_the_query_model_matches_the_migrated_schema(engine, model):
     migrated_checks = {check["name"] for check in inspector.get_check_constraints(model.name)}
     model_checks = {check.name for check in model.constraints if isinstance(check, sa.CheckConstraint)}
     assert migrated_checks == model_checks
+    migrated_uniques = {
+        (unique["name"], tuple(unique["column_names"])) for unique in inspector.get_unique_constraints(model.name)
+    }
+    model_uniques = {
+        (unique.name, tuple(column.name for column in unique.columns))
+        for unique in model.constraints
+        if isinstance(unique, sa.UniqueConstraint)
+    }
+    assert migrated_uniques == model_uniques
+    migrated_keys = {
+        (tuple(key["constrained_columns"]), key["referred_table"], tuple(key["referred_columns"]))
+        for key in inspector.get_foreign_keys(model.name)
+    }
+    model_keys = {
+        (tuple(key.column_keys), key.referred_table.name, tuple(element.column.name for element in key.elements))
+        for key in model.foreign_key_constraints
+    }
+    assert migrated_keys == model_keys
+
+
+def test_revision_0004_keeps_the_rows_before_it_without_a_plan_and_downgrades(engine):
+    with engine.begin() as conn:
+        command.upgrade(migrations_config(connection=conn), "0003")
+        conn.execute(experiments.insert(), [RUNNING_ROW, FINISHED_ROW | {"challenger_endpoint": "self_hosted"}])
+    columns_0003 = [experiments.c[name] for name in (*BASELINE_COLUMNS, "champion_endpoint", "challenger_endpoint")]
+
+    def rows_0003() -> list[dict]:
+        with engine.connect() as conn:
+            return [row._asdict() for row in conn.execute(sa.select(*columns_0003).order_by(experiments.c.started_at))]
+
+    before = rows_0003()
+    store = ExperimentStore(engine)
+    store.init_schema()
+
+    assert store.schema_revision() == "0004" and rows_0003() == before
+    for experiment_id in (RUNNING_ROW["experiment_id"], FINISHED_ROW["experiment_id"]):
+        experiment = store.get(experiment_id)
+        assert experiment.plan is None and experiment.phases is None
+    assert store.looks(RUNNING_ROW["experiment_id"]) == []
+
+    with engine.begin() as conn:
+        command.downgrade(migrations_config(connection=conn), "0003")
+    assert store.schema_revision() == "0003" and rows_0003() == before
+    assert "ftp_experiment_looks" not in table_names(engine)
+    assert {"plan", "phases"}.isdisjoint(column["name"] for column in sa.inspect(engine).get_columns("ftp_experiments"))
+    # The copy SQLite made of the table kept the index partial: one running row per task, many others.
+    with engine.begin() as conn:
+        conn.execute(experiments.insert().values(**FINISHED_ROW | {"experiment_id": "hook-another-finished"}))
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(experiments.insert().values(**RUNNING_ROW | {"experiment_id": "hook-second-running"}))
 
 
 def test_the_running_index_allows_one_running_experiment_per_task(engine):
@@ -227,7 +280,7 @@ def test_the_printed_sql_builds_the_schema_at_head(engine):
     store = ExperimentStore(engine)
     script = store.schema_sql()
     assert "CREATE TABLE ftp_experiments" in script and "ux_ftp_experiments_running_task" in script
-    assert "CREATE TABLE ftp_fine_tuning_jobs" in script
+    assert "CREATE TABLE ftp_fine_tuning_jobs" in script and "CREATE TABLE ftp_experiment_looks" in script
     # The script brings its own BEGIN/COMMIT where the dialect has transactional DDL: run it as is.
     if engine.dialect.name == "sqlite":
         with closing(sqlite3.connect(engine.url.database)) as conn:

@@ -126,28 +126,41 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
         "challenger_model",
         "started_at",
         "data_until",
+        "rule",
         "n_control",
         "n_treatment",
-        "rate_control",
-        "rate_treatment",
         "lift",
+        "standard_error",
+        "statistic",
+        "boundary",
+        "information_fraction",
+        "alpha_spent",
         "ci_lower",
         "ci_upper",
-        "fixed_ci_lower",
-        "fixed_ci_upper",
-        "p_value",
+        "variance_reduction",
+        "adjustment",
         "srm_p_value",
-        "chance_to_beat",
+        "challenger_share",
+        "phases",
+        "plan",
+        "looks",
     ):
         assert name in metadata, name
     assert result.decision == "promote", result.reason
-    assert "lift_history" in metadata  # the plot of the looks so far
-    assert metadata["ci_lower"].value > 0 and metadata["n_treatment"].value > 50
-    champion_arm, challenger_arm = (record.data for record in metadata["arms"].records)
-    assert (champion_arm["model"], champion_arm["posts"]) == (DEMO_AGENT_MODEL, metadata["n_control"].value)
-    assert (challenger_arm["model"], challenger_arm["posts"]) == (model.model_id, metadata["n_treatment"].value)
-    assert challenger_arm["engagement_rate"] == metadata["rate_treatment"].value
-    assert challenger_arm["ci_lower"] == metadata["ci_lower"].value and champion_arm["lift"] is None
+    assert metadata["rule"].value == "group_sequential"
+    assert "lift_history" in metadata  # the plot of the looks so far, with the boundary
+    assert metadata["statistic"].value >= metadata["boundary"].value and metadata["n_treatment"].value > 50
+    (phase,) = (record.data for record in metadata["phases"].records)
+    assert (phase["champion_posts"], phase["challenger_posts"]) == (
+        metadata["n_control"].value,
+        metadata["n_treatment"].value,
+    )
+    assert phase["lift"] == metadata["lift"].value
+    # Both evaluations are looks in the looks table: the boundary never depends on the event log.
+    looks = [record.data for record in metadata["looks"].records]
+    assert [look["look"] for look in looks] == [1, 2]
+    assert looks[-1]["statistic"] == metadata["statistic"].value and looks[-1]["decision"] == "promote"
+    assert len(store.looks(result.experiment_id)) == 2
     assert client.get_model_version_by_alias(model_name("hook"), "champion").version == version.version
     assert "challenger" not in client.get_registered_model(model_name("hook")).aliases
     assert store.get(result.experiment_id).status == "promoted"

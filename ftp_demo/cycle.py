@@ -59,6 +59,9 @@ SELF_HOSTED_SHARE = 0.5
 # A tiny base learns slowly at the default LoRA rate for billion-parameter models (2e-4).
 SELF_HOSTED_LEARNING_RATE = 2e-3
 FAST_POLLING = {"resources": {"fine_tuning": {"config": {"poll_initial_seconds": 0.5, "poll_max_seconds": 2.0}}}}
+# The demo's week has fewer posts than production: the challenger's share rises after 50 of its
+# posts show no harm (production waits for 200).
+DEMO_RAMP_MIN_CHALLENGER_POSTS = 50
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
@@ -177,7 +180,10 @@ def _openai_cycle(db: PostsDatabase, service, *, seed: int, posts_per_day: int) 
 
     for task in TASKS:
         _say(f"Training cycle for the {task} task")
-        result = _train(task, FAST_POLLING | QUIET_LOGS)
+        demo_settings = {
+            "experiment_settings": {"config": {"ramp_min_challenger_posts": DEMO_RAMP_MIN_CHALLENGER_POSTS}}
+        }
+        result = _train(task, QUIET_LOGS | {"resources": FAST_POLLING["resources"] | demo_settings})
         _trained(task, result)
         _started(task, result)
     client = openai.OpenAI(base_url=service.base_url, api_key=service.api_key)
@@ -275,13 +281,16 @@ def _live_week(
     started_at = max(e.started_at for e in experiments.values())
     maturity = timedelta(hours=ExperimentSettings().maturity_hours)
     decisions: dict[str, tuple[AbTestResult, RegisteredModel]] = {}
+    # Per task and arm: the audience model's expected rate summed over the arm's posts, and posts.
+    expected: dict[tuple[str, str], list[float]] = {}
 
     _say(
         f"SIMULATED week of the live experiment: {posts_per_day} posts a day, challenger share "
-        f"{experiments['hook'].challenger_share:.0%}, simulated audience (ftp_demo.audience)"
+        f"{experiments['hook'].challenger_share:.0%} at the start, simulated audience (ftp_demo.audience)"
     )
     for day in range(1, SIMULATED_DAYS + 2):
         if day <= SIMULATED_DAYS:
+            experiments = {task: store.get(e.experiment_id) or e for task, e in experiments.items()}
             rows = simulate_posts(
                 clients,  # type: ignore[arg-type]
                 experiments,
@@ -293,6 +302,7 @@ def _live_week(
                 workers=workers,
             )
             db.insert_posts(rows)
+            _add_expected_rates(expected, rows, experiments)
         look = started_at + timedelta(days=day) + timedelta(minutes=1)
         if look - maturity <= started_at:
             continue  # nothing has matured yet
@@ -306,11 +316,7 @@ def _live_week(
             if not run.success:
                 raise SystemExit(f"The {task} evaluation run {run.run_id} failed; see the log above or `make ui`.")
             outcome = run.output_for_node("ab_test_result")
-            stats = outcome.statistics
-            print(
-                f"simulated day {day}, {task}: {outcome.decision:8} n={stats['n_control']}/{stats['n_treatment']} "
-                f"lift {_pct(stats['lift'])} always-valid [{_pct(stats['ci_lower'])}, {_pct(stats['ci_upper'])}]"
-            )
+            print(f"simulated day {day}, {task}: {outcome.decision:8} {_look_line(outcome.statistics)}")
             if outcome.decision != "continue":
                 decisions[task] = (outcome, run.output_for_node("registered_model"))
         if len(decisions) == len(TASKS):
@@ -318,17 +324,51 @@ def _live_week(
 
     _say("Decisions")
     for task in TASKS:
+        lift = _pct(_expected_lift(expected, task))
+        print(f"{task}: expected lift under the audience model {lift} (over the arms' generations)")
         if task not in decisions:
             print(f"{task}: no decision within the simulated week (the experiment keeps running)")
             continue
         outcome, registered = decisions[task]
-        stats = outcome.statistics
-        print(
-            f"{task}: {outcome.decision.upper()}: lift {_pct(stats['lift'])}, always-valid "
-            f"{1 - stats['alpha']:.0%} interval [{_pct(stats['ci_lower'])}, {_pct(stats['ci_upper'])}]; "
-            f"{outcome.reason}"
-        )
+        print(f"{task}: {outcome.decision.upper()}: {outcome.reason}")
         print(
             f"      registry: {registered.action}; champion is now "
             f"{registered.champion_model or 'the agent model'} (version {registered.champion_version})"
         )
+
+
+def _look_line(stats: Mapping) -> str:
+    """One look in a line: posts per arm, the lift, and the statistic against the boundary."""
+    line = f"n={stats['n_control']}/{stats['n_treatment']} lift {_pct(stats['lift'])}"
+    if stats.get("statistic") is not None:
+        line += f", z {stats['statistic']:.2f}"
+    if stats.get("boundary") is not None:
+        line += f" vs boundary {stats['boundary']:.2f} (information {stats['information_fraction']:.0%})"
+    elif stats.get("ci_lower") is not None:
+        line += f" always-valid [{_pct(stats['ci_lower'])}, {_pct(stats['ci_upper'])}]"
+    if stats.get("ramp_to"):
+        line += f"; share -> {stats['ramp_to']:.0%}"
+    return line
+
+
+def _add_expected_rates(
+    expected: dict[tuple[str, str], list[float]], rows: Sequence[Mapping], experiments: Mapping[str, Experiment]
+) -> None:
+    from ftp_demo.audience import expected_engagement_rate
+
+    for row in rows:
+        rate = expected_engagement_rate(row["persona_id"], row["hook"], row["body"])
+        for task, experiment in experiments.items():
+            arm = "challenger" if row[f"{task}_model"] == experiment.challenger_model else "champion"
+            totals = expected.setdefault((task, arm), [0.0, 0.0])
+            totals[0] += rate
+            totals[1] += 1
+
+
+def _expected_lift(expected: Mapping[tuple[str, str], list[float]], task: str) -> float | None:
+    """Mean expected rate of the challenger's posts over the champion's, minus one: the lift the
+    audience model gives the challenger's generations (the other task's arms are split alike)."""
+    challenger, champion = expected.get((task, "challenger")), expected.get((task, "champion"))
+    if not challenger or not champion or not challenger[1] or not champion[1]:
+        return None
+    return (challenger[0] / challenger[1]) / (champion[0] / champion[1]) - 1

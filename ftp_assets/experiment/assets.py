@@ -2,6 +2,7 @@
 experiment, evaluate it, and act on a final decision in the MLflow registry; thin assets over
 :mod:`ftp_assets.steps.experiment`."""
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,17 @@ from pydantic import Field
 
 from ftp_assets.adapters.endpoints import EndpointsError, unload_adapter
 from ftp_assets.adapters.served_adapters import retire_adapter
-from ftp_assets.metadata import arms_table, lift_history_plot
+from ftp_assets.domain.ab_stats import Analysis
+from ftp_assets.domain.experiment_plan import ExperimentPlan
+from ftp_assets.domain.planned_looks import LookAnalysis
+from ftp_assets.metadata import (
+    arms_table,
+    boundary_plot,
+    lift_history_plot,
+    looks_table,
+    phases_table,
+    plan_table,
+)
 from ftp_assets.partitions import task_partitions
 from ftp_assets.resources import (
     DatasetStorage,
@@ -26,11 +37,13 @@ from ftp_assets.steps.data_path import TrainingDataset
 from ftp_assets.steps.experiment import (
     AbTestResult,
     ArmServing,
+    Evaluation,
     ExperimentError,
     RegisteredModel,
     StartedExperiment,
     apply_decision,
     evaluate_experiment,
+    plan_experiment,
     start_experiment,
     version_endpoint,
 )
@@ -74,6 +87,13 @@ def ab_experiment(
         endpoint_for_provider=serving.for_provider,
         check=check,
     )
+    started_at = datetime.now(UTC)
+    plans: list[ExperimentPlan] = []
+
+    def plan() -> ExperimentPlan:
+        plans.append(plan_experiment(posts_db.open(), experiment_settings.planning(), started_at=started_at))
+        return plans[-1]
+
     with mlflow.errors():
         try:
             started = start_experiment(
@@ -82,11 +102,18 @@ def ab_experiment(
                 fine_tuned_model,
                 serving=arms,
                 challenger_share=experiment_settings.challenger_share,
-                started_at=datetime.now(UTC),
+                started_at=started_at,
                 log=context.log.info,
+                plan=plan,
             )
         except (ExperimentError, EndpointsError) as error:
             raise Failure(str(error)) from None
+    extra: dict[str, Any] = {}
+    if plans:
+        extra["plan"] = plan_table(plans[-1])
+        context.log.info(
+            f"{task}: plan: {plans[-1].rule}, maximum information from {plans[-1].maximum_information_basis}"
+        )
     return Output(
         started,
         metadata={
@@ -97,6 +124,7 @@ def ab_experiment(
             "challenger_endpoint": started.challenger_endpoint,
             "challenger_share": experiment_settings.challenger_share,
             "registry_version": started.registry_version,
+            **extra,
         },
     )
 
@@ -147,7 +175,7 @@ def ab_test_result(
 ) -> Output[AbTestResult]:
     task = context.partition_key
     settings = experiment_settings
-    rule = settings.decision_rule()
+    rule = settings.decision_rule_settings()
     now = configured_instant(config.evaluated_at, context)
     try:
         evaluation = evaluate_experiment(
@@ -155,12 +183,8 @@ def ab_test_result(
         )
     except ExperimentError as error:
         raise Failure(str(error)) from None
-    result, analysis = evaluation.result, evaluation.analysis
-
-    def number(value):
-        return None if value is None else float(value)
-
-    metadata: dict[str, Any] = {
+    result = evaluation.result
+    common: dict[str, Any] = {
         "decision": result.decision,
         "reason": result.reason,
         "experiment_id": result.experiment_id,
@@ -170,31 +194,88 @@ def ab_test_result(
         "evaluated_at": now.isoformat(),
         "data_until": result.data_until.isoformat() if result.data_until else "no matured posts yet",
         "maturity": f"posts older than {settings.maturity_hours:g} h at evaluation, both arms alike",
+        "excluded_impossible_counts": evaluation.excluded_impossible_counts,
+    }
+    if isinstance(evaluation.analysis, Analysis):
+        metadata = common | _always_valid_metadata(context, evaluation, evaluation.analysis)
+    else:
+        metadata = common | _planned_metadata(evaluation)
+    context.log.info(f"{task}: {result.decision}: {result.reason}")
+    # Every name is always there (dashboards rely on them); a missing figure is an explicit null.
+    return Output(
+        result, metadata={key: MetadataValue.null() if value is None else value for key, value in metadata.items()}
+    )
+
+
+def _number(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _always_valid_metadata(
+    context: AssetExecutionContext, evaluation: Evaluation, analysis: Analysis
+) -> dict[str, Any]:
+    """An experiment started before plans: today's always-valid analysis, as it always showed."""
+    result = evaluation.result
+    metadata: dict[str, Any] = {
+        "rule": "always_valid (started before plans)",
         "n_control": analysis.n_control,
         "n_treatment": analysis.n_treatment,
-        "rate_control": number(analysis.rate_control),
-        "rate_treatment": number(analysis.rate_treatment),
-        "lift": number(analysis.lift),
-        "ci_lower": number(analysis.ci_lower),
-        "ci_upper": number(analysis.ci_upper),
-        "fixed_ci_lower": number(analysis.fixed_ci_lower),
-        "fixed_ci_upper": number(analysis.fixed_ci_upper),
-        "p_value": number(analysis.p_value),
-        "srm_p_value": number(analysis.srm_p_value),
-        "chance_to_beat": number(analysis.chance_to_beat),
+        "rate_control": _number(analysis.rate_control),
+        "rate_treatment": _number(analysis.rate_treatment),
+        "lift": _number(analysis.lift),
+        "ci_lower": _number(analysis.ci_lower),
+        "ci_upper": _number(analysis.ci_upper),
+        "fixed_ci_lower": _number(analysis.fixed_ci_lower),
+        "fixed_ci_upper": _number(analysis.fixed_ci_upper),
+        "p_value": _number(analysis.p_value),
+        "srm_p_value": _number(analysis.srm_p_value),
+        "chance_to_beat": _number(analysis.chance_to_beat),
         "remaining_sample_total": analysis.remaining_sample_total,
-        "excluded_impossible_counts": evaluation.excluded_impossible_counts,
         "arms": arms_table(analysis, result.champion_model, result.challenger_model),
     }
     if analysis.lift is not None:
         latest = {"lift": analysis.lift, "ci_lower": analysis.ci_lower, "ci_upper": analysis.ci_upper}
         looks = [*_previous_looks(context, result.experiment_id), latest]
         metadata["lift_history"] = lift_history_plot(looks)
-    context.log.info(f"{task}: {result.decision}: {result.reason}")
-    # Every name is always there (dashboards rely on them); a missing figure is an explicit null.
-    return Output(
-        result, metadata={key: MetadataValue.null() if value is None else value for key, value in metadata.items()}
-    )
+    return metadata
+
+
+def _planned_metadata(evaluation: Evaluation) -> dict[str, Any]:
+    """A planned experiment: the look's statistic against its boundary, the plan, every look
+    from the looks table (not the event log, whose materializations may be pruned), the plot."""
+    analysis = evaluation.analysis
+    if not isinstance(analysis, LookAnalysis) or evaluation.plan is None:
+        raise TypeError("a planned evaluation carries a LookAnalysis and its plan")
+    metadata: dict[str, Any] = {
+        "rule": analysis.rule,
+        "look_number": analysis.look_number,
+        "final_look": analysis.final,
+        "n_control": analysis.n_control,
+        "n_treatment": analysis.n_treatment,
+        "lift": _number(analysis.lift),
+        "standard_error": _number(analysis.standard_error),
+        "statistic": _number(analysis.statistic),
+        # JSON has no infinity: nothing left to spend shows as null.
+        "boundary": _number(analysis.boundary)
+        if analysis.boundary is not None and math.isfinite(analysis.boundary)
+        else None,
+        "information_fraction": _number(analysis.information_fraction),
+        "alpha_spent": _number(analysis.alpha_spent),
+        "ci_lower": _number(analysis.ci_lower),
+        "ci_upper": _number(analysis.ci_upper),
+        "detectable_lift": _number(analysis.detectable_lift),
+        "variance_reduction": _number(analysis.variance_reduction),
+        "adjustment": analysis.adjustment,
+        "srm_p_value": _number(analysis.srm_p_value),
+        "challenger_share": evaluation.looks[-1].challenger_share if evaluation.looks else None,
+        "ramp": f"the challenger's share rises to {analysis.ramp_to:.0%}" if analysis.ramp_to else "no change",
+        "phases": phases_table(analysis, evaluation.result.champion_model, evaluation.result.challenger_model),
+        "plan": plan_table(evaluation.plan),
+        "looks": looks_table(evaluation.looks),
+    }
+    if evaluation.looks:
+        metadata["lift_history"] = boundary_plot(evaluation.looks, analysis)
+    return metadata
 
 
 @asset(

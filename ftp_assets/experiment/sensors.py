@@ -1,8 +1,9 @@
 """``experiment_evaluation_sensor``: evaluates a task's running experiment when new matured
 outcome data has arrived, and once more after its maximum duration, checking every
-``FTP_EXPERIMENT_SENSOR_INTERVAL_SECONDS`` (3600: each evaluation is a run, hourly looks are plenty
-for an experiment of at most a week, and the always-valid interval stays valid however many there
-are)."""
+``FTP_EXPERIMENT_SENSOR_INTERVAL_SECONDS`` (3600: each evaluation is a run, and hourly looks are
+plenty for an experiment of at most a week). The error rate holds however many looks there are: the
+group-sequential boundaries spend error by the information each look adds, and the always-valid
+interval allows any number (docs/experiment.md)."""
 
 from __future__ import annotations
 

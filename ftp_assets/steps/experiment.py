@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from ftp_assets.adapters.experiments_store import DEFAULT_ENDPOINT, RUNNING, ExperimentStore
+from ftp_assets.adapters.experiments_store import DEFAULT_ENDPOINT, RUNNING, Experiment, ExperimentStore, LookRecord
 from ftp_assets.adapters.mlflow_registry import (
     DECISION_TAG,
     PROVIDER_TAG,
@@ -30,6 +30,8 @@ from ftp_assets.adapters.mlflow_registry import (
 )
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.domain.ab_stats import Analysis, analyze, decide
+from ftp_assets.domain.experiment_plan import ExperimentPlan, LookData, PhaseLook, Rule, fit_covariates
+from ftp_assets.domain.planned_looks import LookAnalysis, analyze_looks, planned_information
 from ftp_assets.steps.fine_tune import FineTunedModel
 from ftp_assets.steps.readiness import Readiness
 
@@ -45,6 +47,10 @@ DECISION_TAG_FIELDS = (
     "chance_to_beat",
     "n_control",
     "n_treatment",
+    "statistic",
+    "boundary",
+    "information_fraction",
+    "variance_reduction",
 )
 
 
@@ -129,13 +135,36 @@ class DecisionRule:
     srm_threshold: float
 
 
+@dataclass(frozen=True, kw_only=True)
+class PlanSettings:
+    """What a new experiment's plan is made from (ExperimentSettings, docs/experiment.md#settings)."""
+
+    rule: Rule
+    one_sided_alpha: float
+    two_sided_alpha: float
+    spending: str
+    initial_share: float
+    ramped_share: float
+    ramp_min_challenger_posts: int
+    ramp_grace_minutes: float
+    maturity_hours: float
+    max_duration_hours: float
+    minimum_lift: float
+    srm_threshold: float
+    history_weeks: float
+    regression_adjustment: bool
+
+
 @dataclass(frozen=True)
 class Evaluation:
-    """An evaluation's result, with the analysis and data behind it."""
+    """An evaluation's result, with the analysis and data behind it: an :class:`Analysis` for an
+    experiment started before plans, a :class:`LookAnalysis` and its looks for a planned one."""
 
     result: AbTestResult
-    analysis: Analysis
+    analysis: Analysis | LookAnalysis
     excluded_impossible_counts: int  # posts of either arm left out for impossible counts
+    looks: tuple[LookRecord, ...] = ()
+    plan: ExperimentPlan | None = None
 
 
 def start_experiment(
@@ -147,11 +176,13 @@ def start_experiment(
     challenger_share: float,
     started_at: datetime,
     log: Callable[[str], None],
+    plan: Callable[[], ExperimentPlan] | None = None,
 ) -> StartedExperiment:
     """Start the challenger's experiment against the task's champion (``serving.agent_model``
     before the first promotion), once the challenger has passed the readiness gate at the
     endpoint that serves it. A model already judged starts none: its decision stands.
 
+    ``plan`` makes the experiment's plan (:func:`plan_experiment`), called only when one starts.
     Raises :class:`ChallengerNotReady` when the gate fails, after tagging the version with why;
     the gate's generations are logged to the version's MLflow run either way."""
     task = model.task
@@ -196,6 +227,7 @@ def start_experiment(
             registry_version=model.registry_version,
             champion_endpoint=champion_endpoint,
             challenger_endpoint=challenger_endpoint,
+            plan=plan() if plan is not None else None,
         ).experiment_id
     return StartedExperiment(
         task=task,
@@ -243,6 +275,9 @@ def evaluate_experiment(
             f"The evaluation time {now.isoformat()} is before experiment {experiment.experiment_id} "
             f"started ({experiment.started_at.isoformat()})."
         )
+    if experiment.plan is not None:
+        return _evaluate_planned(store, db, experiment, experiment.plan, now=now, maturity_hours=rule.maturity_hours)
+    # Started before plans existed: it finishes under the rule it started with.
     outcomes = db.arm_outcomes(
         task,
         control_model=experiment.champion_model,
@@ -265,20 +300,197 @@ def evaluate_experiment(
         now=now,
         max_duration_hours=rule.max_duration_hours,
     )
-    result = AbTestResult(
-        task=task,
+    result = _result(
+        experiment, decision.decision, decision.reason, now, outcomes.data_until, dataclasses.asdict(analysis)
+    )
+    return Evaluation(result, analysis, outcomes.excluded_impossible)
+
+
+def _result(
+    experiment: Experiment, decision: str, reason: str, now: datetime, data_until: datetime | None, statistics: dict
+) -> AbTestResult:
+    return AbTestResult(
+        task=experiment.task,
         experiment_id=experiment.experiment_id,
-        decision=decision.decision,
-        reason=decision.reason,
+        decision=decision,
+        reason=reason,
         champion_model=experiment.champion_model,
         challenger_model=experiment.challenger_model,
         registry_version=experiment.registry_version,
         started_at=experiment.started_at,
         evaluated_at=now,
-        data_until=outcomes.data_until,
-        statistics=dataclasses.asdict(analysis),
+        data_until=data_until,
+        statistics=statistics,
     )
-    return Evaluation(result, analysis, outcomes.excluded_impossible)
+
+
+def plan_experiment(db: PostsDatabase, settings: PlanSettings, *, started_at: datetime) -> ExperimentPlan:
+    """The plan of an experiment starting at ``started_at``, from the settings and the matured
+    posts of the ``history_weeks`` before it: their rate plans the maximum information, their
+    engagement by persona, weekday and hour gives the covariates. Without such posts there is no
+    sample to plan, and the always-valid rule (which needs none) decides."""
+    since = started_at - timedelta(weeks=settings.history_weeks)
+    until = started_at - timedelta(hours=settings.maturity_hours)
+    cells = db.pre_experiment_cells(since=since, until=until) if until > since else []
+    posts = sum(cell.posts for cell in cells)
+    first = db.first_post_at(since=since, until=until) if posts else None
+    history_start = max(since, first) if first else until
+    hours = (until - history_start).total_seconds() / 3600
+    rule, information, basis = settings.rule, None, ""
+    if posts and hours > 0:
+        information, basis = planned_information(
+            posts / hours,
+            max_duration_hours=settings.max_duration_hours,
+            maturity_hours=settings.maturity_hours,
+            initial_share=settings.initial_share,
+            ramped_share=settings.ramped_share,
+            ramp_min_challenger_posts=settings.ramp_min_challenger_posts,
+            ramp_grace_minutes=settings.ramp_grace_minutes,
+        )
+        basis = f"{posts} matured posts from {history_start:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC: {basis}"
+    elif rule == "group_sequential":
+        rule = "always_valid"
+        basis = (
+            f"no matured posts in the {settings.history_weeks:g} weeks before the start to plan a sample from: "
+            "the always-valid rule decides (it needs no maximum)"
+        )
+    covariates, note = None, "regression adjustment is off"
+    if settings.regression_adjustment:
+        covariates = fit_covariates(cells, since=since, until=until)
+        note = "" if covariates is not None else f"only {posts} matured posts before the start to fit covariates from"
+    return ExperimentPlan(
+        rule=rule,
+        alpha=settings.one_sided_alpha if rule == "group_sequential" else settings.two_sided_alpha,
+        maximum_information=information,
+        maximum_information_basis=basis,
+        started_at=started_at,
+        max_duration_hours=settings.max_duration_hours,
+        spending=settings.spending,
+        minimum_lift=settings.minimum_lift,
+        initial_share=settings.initial_share,
+        ramped_share=settings.ramped_share,
+        ramp_min_challenger_posts=settings.ramp_min_challenger_posts,
+        ramp_grace_minutes=settings.ramp_grace_minutes,
+        guardrail_alpha=settings.two_sided_alpha,
+        srm_alpha=settings.srm_threshold,
+        covariates=covariates,
+        covariates_note=note,
+    )
+
+
+def _evaluate_planned(
+    store: ExperimentStore,
+    db: PostsDatabase,
+    experiment: Experiment,
+    plan: ExperimentPlan,
+    *,
+    now: datetime,
+    maturity_hours: float,
+) -> Evaluation:
+    """A look at a planned experiment: its data recorded in the looks table with the analysis of
+    every look so far (analyze_looks), and the ramp applied when the guardrail passed. A repeat at
+    an evaluation time already recorded (a retried run) returns that look's analysis again."""
+    records = store.looks(experiment.experiment_id)
+    repeated = next((index for index, record in enumerate(records) if record.evaluated_at == now), None)
+    if repeated is not None:
+        records = records[: repeated + 1]
+        analysis = analyze_looks(plan, [record.data for record in records])
+        last = records[-1]
+        excluded = int((last.analysis or {}).get("excluded_impossible_counts", 0))
+        statistics = look_statistics(analysis, plan)
+        return Evaluation(
+            _result(experiment, analysis.decision, analysis.reason, now, last.data_until, statistics),
+            analysis,
+            excluded,
+            tuple(records),
+            plan,
+        )
+    if records and now < records[-1].evaluated_at:
+        raise ExperimentError(
+            f"Experiment {experiment.experiment_id} was last evaluated at {records[-1].evaluated_at.isoformat()}; "
+            f"looks move forward, so an evaluation at {now.isoformat()} is refused."
+        )
+    phases = experiment.phases or ()
+    outcomes = db.phase_outcomes(
+        experiment.task,
+        control_model=experiment.champion_model,
+        treatment_model=experiment.challenger_model,
+        phases=phases,
+        matured_before=now - timedelta(hours=maturity_hours),
+        covariates=plan.covariates,
+    )
+    look = LookData(
+        now,
+        tuple(
+            PhaseLook(phase.share, control, treatment)
+            for phase, (control, treatment) in zip(phases, outcomes.phases, strict=True)
+        ),
+    )
+    analysis = analyze_looks(plan, [*(record.data for record in records), look])
+    statistics = look_statistics(analysis, plan)
+    recorded = store.record_look(
+        experiment.experiment_id,
+        evaluated_at=now,
+        data_until=outcomes.data_until,
+        challenger_share=experiment.challenger_share,
+        information=analysis.information,
+        information_fraction=analysis.information_fraction,
+        statistic=analysis.statistic,
+        boundary=analysis.boundary,
+        alpha_spent=analysis.alpha_spent,
+        decision=analysis.decision,
+        reason=analysis.reason,
+        data=look,
+        analysis={key: statistics[key] for key in LOOK_SUMMARY_FIELDS}
+        | {"excluded_impossible_counts": outcomes.excluded_impossible},
+        ramp_to=analysis.ramp_to,
+        grace_minutes=plan.ramp_grace_minutes,
+    )
+    return Evaluation(
+        _result(experiment, analysis.decision, analysis.reason, now, outcomes.data_until, statistics),
+        analysis,
+        outcomes.excluded_impossible,
+        (*records, recorded),
+        plan,
+    )
+
+
+# What each look's row keeps of its analysis, beside its own columns (for the history plot).
+LOOK_SUMMARY_FIELDS = ("lift", "ci_lower", "ci_upper", "standard_error", "variance_reduction", "srm_p_value", "ramp_to")
+
+
+def look_statistics(analysis: LookAnalysis, plan: ExperimentPlan) -> dict:
+    """The look's figures as plain values, for the result, the registry's tags and the table."""
+    statistics = {
+        name: getattr(analysis, name)
+        for name in (
+            "rule",
+            "look_number",
+            "final",
+            "n_control",
+            "n_treatment",
+            "information",
+            "information_fraction",
+            "statistic",
+            "boundary",
+            "alpha_spent",
+            "lift",
+            "standard_error",
+            "unadjusted_standard_error",
+            "variance_reduction",
+            "adjustment",
+            "ci_lower",
+            "ci_upper",
+            "detectable_lift",
+            "srm_p_value",
+            "ramp_to",
+            "insufficient_data_reason",
+        )
+    }
+    statistics["alpha"] = plan.alpha
+    statistics["guardrail_alpha"] = plan.alpha if plan.rule == "always_valid" else plan.guardrail_alpha
+    statistics["phases"] = [dataclasses.asdict(phase) for phase in analysis.phases]
+    return statistics
 
 
 def apply_decision(
