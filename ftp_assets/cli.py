@@ -183,7 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="run a whole weekly cycle on the embedded defaults")
-    demo.add_argument("--posts", type=int, default=6_000, help="demo posts to create (default 6000)")
+    demo.add_argument(
+        "--posts",
+        type=int,
+        help="synthetic posts of the two weeks before the demo (default: 14 days at the live week's rate, "
+        "8400, or 5600 with --provider self_hosted)",
+    )
     demo.add_argument(
         "--seed", type=int, help="seed of the demo data and simulation (default: a new one each run, printed)"
     )

@@ -49,6 +49,8 @@ PRODUCTION_SETTINGS = (
     "FTP_AGENT_ENDPOINT",
 )
 SIMULATED_DAYS = 7
+# The synthetic history spans the two weeks before the demo (generate_demo_posts' default).
+HISTORY_DAYS = 14
 POSTS_PER_DAY = 600
 # The self-hosted demo generates every post with a real (tiny) model on CPU: fewer posts a day,
 # written concurrently so that ftp-serve batches them (64 in flight: two models, two batches of 32),
@@ -84,10 +86,14 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{value:+.1%}"
 
 
-def run_demo(*, posts: int, seed: int | None, posts_per_day: int | None = None, provider: str = "openai") -> None:
+def run_demo(
+    *, posts: int | None, seed: int | None, posts_per_day: int | None = None, provider: str = "openai"
+) -> None:
     """``seed`` None draws one, so that each run trains on new data: the same data again would
     re-attach to the model an earlier run already judged, which starts no experiment.
-    ``provider`` "self_hosted" runs the cycle on the self-hosted path (see :func:`_self_hosted_cycle`)."""
+    ``provider`` "self_hosted" runs the cycle on the self-hosted path (see :func:`_self_hosted_cycle`).
+    ``posts`` None writes the history at the live week's daily rate, which the experiment's plan
+    reads to size its sample."""
     started = time.monotonic()
     if seed is None:
         seed = random.SystemRandom().randrange(1, 10_000)
@@ -106,10 +112,12 @@ def run_demo(*, posts: int, seed: int | None, posts_per_day: int | None = None, 
     posts_file.unlink(missing_ok=True)
     db = PostsDatabase(f"sqlite:///{posts_file}")
     db.init_schema()
+    daily = posts_per_day or (SELF_HOSTED_POSTS_PER_DAY if provider == "self_hosted" else POSTS_PER_DAY)
+    posts = posts if posts is not None else HISTORY_DAYS * daily
     print(f"{load_demo_posts(db, posts=posts, seed=seed)} posts written to {posts_file}")
 
     if provider == "self_hosted":
-        _self_hosted_cycle(db, seed=seed, posts_per_day=posts_per_day or SELF_HOSTED_POSTS_PER_DAY)
+        _self_hosted_cycle(db, seed=seed, posts_per_day=daily)
     else:
         from ftp_local_openai import running_service
 
@@ -117,7 +125,7 @@ def run_demo(*, posts: int, seed: int | None, posts_per_day: int | None = None, 
             os.environ["OPENAI_BASE_URL"] = service.base_url
             os.environ["OPENAI_API_KEY"] = service.api_key
             print(f"Local OpenAI-compatible service at {service.base_url} (state in {service.state_dir})")
-            _openai_cycle(db, service, seed=seed, posts_per_day=posts_per_day or POSTS_PER_DAY)
+            _openai_cycle(db, service, seed=seed, posts_per_day=daily)
             os.environ.pop("OPENAI_API_KEY")
 
     _say(f"Done in {time.monotonic() - started:.0f} s")
