@@ -164,7 +164,16 @@ def test_each_evaluation_is_a_recorded_look_and_the_share_ramps_for_the_agent(po
             lift=0.12,
         )
         now = START + timedelta(days=day, minutes=1)
-        evaluation = evaluate_experiment(store, posts, "hook", experiment_id=None, now=now, rule=RULE)
+        # Each run starts two hours after its evaluation time: the switch is dated when it happens.
+        evaluation = evaluate_experiment(
+            store,
+            posts,
+            "hook",
+            experiment_id=None,
+            now=now,
+            rule=RULE,
+            wall_clock=lambda n=now: n + timedelta(hours=2),
+        )
         decision = evaluation.result.decision
 
     looks = store.looks(experiment.experiment_id)
@@ -180,7 +189,7 @@ def test_each_evaluation_is_a_recorded_look_and_the_share_ramps_for_the_agent(po
     after = store.get(experiment.experiment_id)
     assert after is not None and after.challenger_share == 0.5 and after.phases is not None
     first, second = after.phases
-    switch = ramps[0].evaluated_at
+    switch = ramps[0].evaluated_at + timedelta(hours=2)
     assert (first.ends_at, second.starts_at) == (switch - timedelta(hours=1), switch + timedelta(hours=1))
     # Later looks see two phases; the posts of the grace window count in neither.
     last = looks[-1].data

@@ -487,6 +487,11 @@ def test_no_ramp_below_the_minimum_after_the_ramp_or_without_one():
     assert two.decision == "continue" and two.ramp_to is None
     assert analyze_looks(replace(RAMPING, ramped_share=0.1), [at(20, first)]).ramp_to is None
     assert analyze_looks(RAMPING, [at(168, first)]).ramp_to is None  # the deadline comes first
+    # Right after the ramp only grace-window posts mature: the look repeats the ramp look's data
+    # (its new phase is still empty) and must not ask for the ramp again.
+    empty = PhaseLook(0.5, ArmSums(), ArmSums())
+    repeat = analyze_looks(RAMPING, [at(20, first), at(21, first, empty)])
+    assert repeat.look_number == 2 and repeat.ramp_to is None and "rises" not in repeat.reason
 
 
 # --- input checks -----------------------------------------------------------------------------------

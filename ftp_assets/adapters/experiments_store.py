@@ -432,10 +432,12 @@ class ExperimentStore:
         data: LookData,
         analysis: dict[str, Any] | None,
         ramp_to: float | None = None,
+        switch_at: datetime | None = None,
         grace_minutes: float = 60.0,
     ) -> LookRecord:
         """Record the experiment's next look, in one transaction; with ``ramp_to``, also move the
-        challenger's share there from ``evaluated_at`` on (a new phase, see ``ramped_phases``).
+        challenger's share there from ``switch_at`` (default ``evaluated_at``) on (a new phase, see
+        ``ramped_phases``).
 
         A look already recorded at ``evaluated_at`` is returned unchanged, nothing ramped, even once
         the experiment has finished: a re-run of the evaluation that recorded it and then decided.
@@ -500,7 +502,14 @@ class ExperimentStore:
                     "at the same time; evaluate again"
                 ) from None
             if ramp_to is not None:
-                self._ramp(conn, experiment_id, experiment, share=ramp_to, switch_at=evaluated_at, grace=grace_minutes)
+                self._ramp(
+                    conn,
+                    experiment_id,
+                    experiment,
+                    share=ramp_to,
+                    switch_at=switch_at or evaluated_at,
+                    grace=grace_minutes,
+                )
             inserted = conn.execute(
                 sa.select(experiment_looks).where(
                     experiment_looks.c.experiment_id == experiment_id,

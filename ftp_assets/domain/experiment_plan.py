@@ -309,6 +309,7 @@ class ExperimentPlan:
     maximum_information_basis: str  # how it was planned, in words
     started_at: datetime
     max_duration_hours: float = 168.0
+    maturity_hours: float = 24.0  # a post counts once this old, at every look
     spending: str = "obrien_fleming"  # a SpendingFunction family of group_sequential.py
     spending_gamma: float | None = None
     minimum_lift: float = 0.0

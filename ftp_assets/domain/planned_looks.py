@@ -254,7 +254,7 @@ def analyze_looks(plan: ExperimentPlan, looks: Sequence[LookData]) -> LookAnalys
     first = phases[0]
     if (
         plan.ramps
-        and len(phases) == 1
+        and len(last.phases) == 1  # not once the share has risen (a later look may repeat this one's data)
         and first.share < plan.ramped_share
         and first.n_treatment >= plan.ramp_min_challenger_posts
         and ci_upper > 0

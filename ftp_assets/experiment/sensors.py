@@ -53,17 +53,20 @@ def evaluate_experiment_tick(
             seen.pop(task, None)
             skip_reasons.append(f"{task}: no running experiment.")
             continue
+        # A planned experiment keeps the maturity and deadline it started with.
+        plan = experiment.plan
         newest = db.newest_post_by(
             task,
             [experiment.champion_model, experiment.challenger_model],
             since=experiment.started_at,
-            matured_before=matured_before,
+            matured_before=now - timedelta(hours=plan.maturity_hours) if plan else matured_before,
         )
         last = seen.get(task, {}) if seen.get(task, {}).get("experiment_id") == experiment.experiment_id else {}
         new_outcomes = newest is not None and (
             not last.get("newest_post") or parse_instant(last["newest_post"]) < newest
         )
-        past_deadline = now >= experiment.started_at + max_duration
+        duration = timedelta(hours=plan.max_duration_hours) if plan else max_duration
+        past_deadline = now >= experiment.started_at + duration
         overdue = past_deadline and not last.get("evaluated_after_deadline")
         if not (new_outcomes or overdue):
             skip_reasons.append(f"{task}: no new matured outcome for {experiment.experiment_id}.")

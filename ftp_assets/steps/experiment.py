@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -254,10 +254,13 @@ def evaluate_experiment(
     experiment_id: str | None,
     now: datetime,
     rule: DecisionRule,
+    wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Evaluation:
     """Evaluate the experiment (default the task's running one) at ``now`` on the posts matured
-    by then. Raises :class:`ExperimentError` when there is no such running experiment of the task,
-    or ``now`` is before it started."""
+    by then; a planned experiment by its plan (``rule`` is the old rule of those started before
+    plans), a ramp taking effect at ``wall_clock()`` when that is later than ``now``. Raises
+    :class:`ExperimentError` when there is no such running experiment of the task, or ``now`` is
+    before it started."""
     experiment = store.get(experiment_id) if experiment_id else store.running(task)
     if experiment is None:
         raise ExperimentError(
@@ -276,7 +279,7 @@ def evaluate_experiment(
             f"started ({experiment.started_at.isoformat()})."
         )
     if experiment.plan is not None:
-        return _evaluate_planned(store, db, experiment, experiment.plan, now=now, maturity_hours=rule.maturity_hours)
+        return _evaluate_planned(store, db, experiment, experiment.plan, now=now, wall_clock=wall_clock)
     # Started before plans existed: it finishes under the rule it started with.
     outcomes = db.arm_outcomes(
         task,
@@ -365,6 +368,7 @@ def plan_experiment(db: PostsDatabase, settings: PlanSettings, *, started_at: da
         maximum_information_basis=basis,
         started_at=started_at,
         max_duration_hours=settings.max_duration_hours,
+        maturity_hours=settings.maturity_hours,
         spending=settings.spending,
         minimum_lift=settings.minimum_lift,
         initial_share=settings.initial_share,
@@ -385,7 +389,7 @@ def _evaluate_planned(
     plan: ExperimentPlan,
     *,
     now: datetime,
-    maturity_hours: float,
+    wall_clock: Callable[[], datetime],
 ) -> Evaluation:
     """A look at a planned experiment: its data recorded in the looks table with the analysis of
     every look so far (analyze_looks), and the ramp applied when the guardrail passed. A repeat at
@@ -416,7 +420,7 @@ def _evaluate_planned(
         control_model=experiment.champion_model,
         treatment_model=experiment.challenger_model,
         phases=phases,
-        matured_before=now - timedelta(hours=maturity_hours),
+        matured_before=now - timedelta(hours=plan.maturity_hours),
         covariates=plan.covariates,
     )
     look = LookData(
@@ -444,6 +448,9 @@ def _evaluate_planned(
         analysis={key: statistics[key] for key in LOOK_SUMMARY_FIELDS}
         | {"excluded_impossible_counts": outcomes.excluded_impossible},
         ramp_to=analysis.ramp_to,
+        # The agent sees the new share only from now on: a run that starts late (or a retry) must
+        # not date the switch back to its evaluation time.
+        switch_at=max(now, wall_clock()),
         grace_minutes=plan.ramp_grace_minutes,
     )
     return Evaluation(
