@@ -13,25 +13,29 @@ from ftp_assets.domain.routing import assign_arm, bucket, route
 
 # Computed once and checked by hand against `printf '%s' KEY | sha256sum` (first 16 hex digits,
 # shifted right by 11). The agent reimplements this hash: these values must never change.
-# Each row: experiment id, unit id, bucket * 2**53 (an exact integer), arm at a 10% share.
+# Each row: experiment id, unit id, bucket * 2**53 (an exact integer), arm at the 10% share an
+# experiment starts with, and at the 50% it ramps to.
 FROZEN_VECTORS = [
-    ("threads-hook-0001", 7, 732527410480875, "challenger"),
-    ("threads-hook-0001", 38, 100067536861924, "challenger"),
-    ("exp-hook-2025-01", 1, 4603703152593341, "champion"),
-    ("exp-hook-2025-01", "post-42", 4728962767754790, "champion"),
-    ("exp-body-7", 123456789, 6241931706659731, "champion"),
-    ("", 0, 911574212433210, "champion"),  # bucket 0.1012: just above the 10% share
-    ("émoji-🚀", "ünït", 8520812828698547, "champion"),
+    ("threads-hook-0001", 7, 732527410480875, "challenger", "challenger"),
+    ("threads-hook-0001", 38, 100067536861924, "challenger", "challenger"),
+    ("exp-hook-2025-01", 1, 4603703152593341, "champion", "champion"),  # bucket 0.5111
+    ("exp-hook-2025-01", "post-42", 4728962767754790, "champion", "champion"),
+    ("exp-body-7", 123456789, 6241931706659731, "champion", "champion"),
+    ("", 0, 911574212433210, "champion", "challenger"),  # bucket 0.1012: just above the 10% share
+    ("émoji-🚀", "ünït", 8520812828698547, "champion", "champion"),
+    ("threads-body-0002", 4, 4441144355937035, "champion", "challenger"),  # bucket 0.4931
+    ("threads-body-0002", 3, 2317887557423849, "champion", "challenger"),
 ]
 
 experiment_ids = st.text(max_size=40)
 unit_ids = st.one_of(st.integers(min_value=-(2**63), max_value=2**63), st.text(max_size=40))
 
 
-@pytest.mark.parametrize(("experiment_id", "unit_id", "bucket_numerator", "arm"), FROZEN_VECTORS)
-def test_frozen_vectors(experiment_id, unit_id, bucket_numerator, arm):
+@pytest.mark.parametrize(("experiment_id", "unit_id", "bucket_numerator", "arm", "ramped_arm"), FROZEN_VECTORS)
+def test_frozen_vectors(experiment_id, unit_id, bucket_numerator, arm, ramped_arm):
     assert bucket(experiment_id, unit_id) == bucket_numerator / 2**53
     assert assign_arm(experiment_id, unit_id, 0.1) == arm
+    assert assign_arm(experiment_id, unit_id, 0.5) == ramped_arm
 
 
 def test_an_integer_unit_hashes_as_its_decimal_string():
