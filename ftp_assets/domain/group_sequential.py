@@ -59,6 +59,7 @@ the boundaries reach the requested power.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -160,9 +161,8 @@ def efficacy_boundaries(
     ``α(min(t_K, 1))``: exactly ``alpha`` once a look reaches the planned maximum.
     """
     fractions = _checked_fractions(information_fractions)
-    cumulative = alpha_spent(fractions, alpha, spending)
-    increments = np.diff([0.0, *cumulative])
-    return _boundaries_for_increments(fractions, increments.tolist())
+    _check_alpha(alpha)
+    return list(_spending_prefix(tuple(fractions), alpha, spending)[0])
 
 
 def final_boundary(
@@ -178,9 +178,50 @@ def final_boundary(
     spending-function boundaries, so the overall rate is exactly ``alpha``.
     """
     fractions = _checked_fractions([*earlier_fractions, final_fraction])
-    earlier_spent = alpha_spent(fractions[:-1], alpha, spending) if len(fractions) > 1 else []
-    increments = np.diff([0.0, *earlier_spent, alpha]).tolist()
-    return _boundaries_for_increments(fractions, increments)[-1]
+    _check_alpha(alpha)
+    if len(fractions) == 1:
+        return _first_boundary(alpha)
+    earlier, recursion = _spending_prefix(tuple(fractions[:-1]), alpha, spending)
+    recursion = recursion.extended(fractions)
+    recursion.advance(-math.inf, earlier[-1])
+    return _boundary_at(recursion, alpha - spending.cumulative(alpha, min(fractions[-2], 1.0)))
+
+
+# Prefixes of look schedules already solved, with the recursion's state at their last look: a
+# new look extends its prefix by one step instead of solving every earlier look again. Each entry
+# holds a grid of at most _MAX_GRID_POINTS points.
+_PREFIX_CACHE_SIZE = 2048
+
+
+@functools.lru_cache(maxsize=_PREFIX_CACHE_SIZE)
+def _spending_prefix(
+    fractions: tuple[float, ...], alpha: float, spending: SpendingFunction
+) -> tuple[tuple[float, ...], _Recursion]:
+    """The spending-function boundaries of looks at ``fractions``, and the recursion ready to
+    carry the sub-density past the last look. It is not carried yet: how finely to carry it
+    depends on the next look's fraction (:meth:`_Recursion._spacing`), exactly as when all the
+    fractions are known at once."""
+    if len(fractions) == 1:
+        return (_first_boundary(spending.cumulative(alpha, min(fractions[0], 1.0))),), _Recursion(fractions, drift=0.0)
+    earlier, previous = _spending_prefix(fractions[:-1], alpha, spending)
+    recursion = previous.extended(fractions)
+    recursion.advance(-math.inf, earlier[-1])
+    spent_before = spending.cumulative(alpha, min(fractions[-2], 1.0))
+    increment = spending.cumulative(alpha, min(fractions[-1], 1.0)) - spent_before
+    return (*earlier, _boundary_at(recursion, increment)), recursion
+
+
+def _first_boundary(target: float) -> float:
+    if target <= _NEGLIGIBLE_PROBABILITY:
+        return math.inf
+    return float(-special.ndtri(target))  # not ndtri(1 - target): 1 - 1e-56 rounds to 1
+
+
+def _boundary_at(recursion: _Recursion, target: float) -> float:
+    """The boundary at the recursion's next look that spends ``target`` there."""
+    if target <= _NEGLIGIBLE_PROBABILITY:
+        return math.inf
+    return _solve_boundary(recursion, target)
 
 
 def crossing_probabilities(
@@ -391,6 +432,13 @@ class _Recursion:
         self.grid = np.empty(0)
         self.weighted_density = np.empty(0)  # Simpson weight × sub-density at each grid point
 
+    def extended(self, fractions: Sequence[float]) -> _Recursion:
+        """A copy at the same look whose schedule continues with more looks (``fractions`` starts
+        with this one's). The arrays are shared: :meth:`advance` replaces them, never writes them."""
+        copy = _Recursion(fractions, self.drift)
+        copy.k, copy.grid, copy.weighted_density = self.k, self.grid, self.weighted_density
+        return copy
+
     def _kernel_arguments(self, value: float) -> tuple[np.ndarray, float]:
         """Standardized ``value·√t_k − u·√t_{k−1} − δΔ`` over the previous grid, and √Δ."""
         t = self.fractions[self.k]
@@ -459,22 +507,6 @@ def _simpson_grid(low: float, high: float, spacing: float) -> tuple[np.ndarray, 
     weights[1:-1:2] = 4
     weights[2:-1:2] = 2
     return grid, weights * step / 3
-
-
-def _boundaries_for_increments(fractions: list[float], increments: list[float]) -> list[float]:
-    """Upper boundaries under no effect whose crossing probabilities are the given increments."""
-    recursion = _Recursion(fractions, drift=0.0)
-    boundaries: list[float] = []
-    for target in increments:
-        if target <= _NEGLIGIBLE_PROBABILITY:
-            boundary = math.inf
-        elif recursion.k == 0:
-            boundary = float(-special.ndtri(target))  # not ndtri(1 - target): 1 - 1e-56 rounds to 1
-        else:
-            boundary = _solve_boundary(recursion, target)
-        boundaries.append(boundary)
-        recursion.advance(-math.inf, boundary)
-    return boundaries
 
 
 def _solve_boundary(recursion: _Recursion, target: float) -> float:

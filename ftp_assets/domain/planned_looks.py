@@ -47,7 +47,6 @@ caller to raise the share to ``ramped_share``; (7) continue.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -61,11 +60,13 @@ from scipy import special
 from ftp_assets.domain.ab_stats import always_valid_multiplier, insufficient_data_reason
 from ftp_assets.domain.experiment_plan import ArmSums, ExperimentPlan, LookData, PhaseLook
 from ftp_assets.domain.group_sequential import SpendingFunction, efficacy_boundaries, final_boundary
-from ftp_assets.domain.sequential_srm import sequential_srm
+from ftp_assets.domain.sequential_srm import log_bayes_factor
 
 # Directions of the within-arm covariate scatter below this share of the covariates' raw second
 # moments are treated as constant: those directions are left out of the adjustment.
 _SINGULAR_RATIO = 1e-10
+# ab_stats' tolerance for a residual variance that is only float rounding.
+_ROUNDING_TOLERANCE = 1e-9
 # Fractions are rounded to this many digits, so looks with equal counts share cached boundaries.
 _FRACTION_DIGITS = 12
 
@@ -323,11 +324,17 @@ def _phase_information(phase: PhaseLook) -> float:
 
 
 def _estimable(phase: PhaseLook) -> bool:
-    """Whether the phase's data gives a lift with a positive variance."""
-    control, treatment = phase.control.stats(), phase.treatment.stats()
-    if insufficient_data_reason(control, treatment) is not None:
+    """Whether the phase's data gives a lift with a positive variance: ab_stats'
+    insufficient_data_reason and rate_unit_variance, on the raw sums (this runs for every earlier
+    look at every look, so it builds no ArmStats)."""
+    arms = (phase.control, phase.treatment)
+    if any(arm.n < 2 or arm.sum_y <= 0 or arm.sum_x <= 0 for arm in arms):
         return False
-    return control.rate_unit_variance() > 0 or treatment.rate_unit_variance() > 0
+    for arm in arms:
+        rate = arm.sum_x / arm.sum_y
+        if arm.sum_x2 - 2 * rate * arm.sum_xy + rate**2 * arm.sum_y2 > _ROUNDING_TOLERANCE * arm.sum_x2:
+            return True
+    return False
 
 
 def _check_looks(plan: ExperimentPlan, looks: Sequence[LookData]) -> None:
@@ -386,7 +393,17 @@ def _boundaries(
     # A look at or past the maximum information ends the experiment; so does the deadline.
     final = past_deadline or fractions[-1] >= 1
     spending = SpendingFunction(plan.spending, plan.spending_gamma)  # type: ignore[arg-type]
-    bounds = _cached_boundaries(fractions, plan.alpha, spending, final)
+    # Both are cached by schedule prefix in group_sequential: a new look costs one more step.
+    bounds = (
+        [
+            *efficacy_boundaries(fractions[:-1], plan.alpha, spending),
+            final_boundary(fractions[:-1], fractions[-1], plan.alpha, spending),
+        ]
+        if final and len(fractions) > 1
+        else [final_boundary([], fractions[0], plan.alpha, spending)]
+        if final
+        else efficacy_boundaries(fractions, plan.alpha, spending)
+    )
     spent = [spending.cumulative(plan.alpha, min(t, 1.0)) for t in fractions]
     if final:
         spent[-1] = plan.alpha
@@ -395,19 +412,6 @@ def _boundaries(
         for i, info, t, b, a in zip(counted, informations, fractions, bounds, spent, strict=True)
     )
     return rows, final
-
-
-@functools.lru_cache(maxsize=8192)
-def _cached_boundaries(
-    fractions: tuple[float, ...], alpha: float, spending: SpendingFunction, final: bool
-) -> tuple[float, ...]:
-    """Boundaries of looks at ``fractions``; with ``final`` the last spends all that is left.
-    Cached: the benchmark's simulated experiments share their look schedules."""
-    if final:
-        # The earlier looks keep their spending-function boundaries; the last spends the rest.
-        earlier = _cached_boundaries(fractions[:-1], alpha, spending, False) if len(fractions) > 1 else ()
-        return (*earlier, final_boundary(fractions[:-1], fractions[-1], alpha, spending))
-    return tuple(efficacy_boundaries(fractions, alpha, spending))
 
 
 def _detectable_lift(plan: ExperimentPlan, standard_error: float | None, information: float) -> float | None:
@@ -450,9 +454,7 @@ def _analyze_phase(plan: ExperimentPlan, looks: Sequence[LookData], index: int, 
     counts = [
         (look.phases[index].control.n, look.phases[index].treatment.n) for look in looks if len(look.phases) > index
     ]
-    srm = sequential_srm(
-        [c for c, _ in counts], [t for _, t in counts], phase.share, plan.srm_prior_concentration
-    ).p_value
+    srm = _srm_p_value(counts, phase.share, plan.srm_prior_concentration)
     information = _phase_information(phase)
     reason = insufficient_data_reason(control.stats(), treatment.stats())
     empty = PhaseAnalysis(
@@ -484,6 +486,16 @@ def _analyze_phase(plan: ExperimentPlan, looks: Sequence[LookData], index: int, 
         srm_p_value=srm,
         insufficient_data_reason=None,
     )
+
+
+def _srm_p_value(counts: Sequence[tuple[int, int]], share: float, prior_concentration: float) -> float:
+    """The sequential sample-ratio p-value over a phase's looks: the smallest 1/BF so far, capped
+    at 1 (sequential_srm's running minimum, for all looks in one vectorized call)."""
+    array = np.asarray(counts, dtype=np.float64)
+    if np.any(np.diff(array, axis=0) < 0):
+        raise ValueError("a phase's post counts cannot shrink from one look to the next")
+    log_bf = log_bayes_factor(array, [1 - share, share], prior_concentration)
+    return float(min(1.0, np.exp(-np.max(log_bf))))
 
 
 def _relative_lift(rate_c: float, var_c: float, rate_t: float, var_t: float) -> tuple[float, float]:
