@@ -164,8 +164,9 @@ def _previous_looks(context: AssetExecutionContext, experiment_id: str) -> list[
     kinds={"sql", "scipy"},
     # The experiment comes from the table ab_experiment writes, not from its output value.
     deps=["ab_experiment"],
-    description="The running experiment of the task, evaluated on matured posts with an "
-    "always-valid interval: promote, reject or continue.",
+    description="A look at the task's running experiment on its matured posts, recorded in the looks table "
+    "and decided by its plan (group-sequential boundary, or the always-valid interval): promote, reject or "
+    "continue, and when the guardrail passes, the challenger's share rises.",
 )
 def ab_test_result(
     context: AssetExecutionContext,
