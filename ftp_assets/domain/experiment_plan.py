@@ -9,6 +9,7 @@ analyzes a plan and its looks; this module only holds the values and their JSON 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -389,6 +390,31 @@ class PhaseLook:
             treatment=ArmSums.from_dict(values["treatment"]),
         )
 
+    @property
+    def estimable(self) -> bool:
+        """Whether the phase gives a lift with a positive variance: both arms have 2 posts or
+        more with impressions and engagements, and the posts' rates are not all the same
+        (ab_stats' insufficient_data_reason and rate_unit_variance, on the raw sums)."""
+        arms = (self.control, self.treatment)
+        if any(arm.n < 2 or arm.sum_y <= 0 or arm.sum_x <= 0 for arm in arms):
+            return False
+        for arm in arms:
+            rate = arm.sum_x / arm.sum_y
+            if arm.sum_x2 - 2 * rate * arm.sum_xy + rate**2 * arm.sum_y2 > _ROUNDING_TOLERANCE * arm.sum_x2:
+                return True
+        return False
+
+    @property
+    def information(self) -> float:
+        """Effective posts: posts·share·(1 − share); zero for a phase that is not estimable."""
+        if not self.estimable:
+            return 0.0
+        return (self.control.n + self.treatment.n) * self.share * (1 - self.share)
+
+
+# ab_stats' tolerance for a residual variance that is only float rounding.
+_ROUNDING_TOLERANCE = 1e-9
+
 
 @dataclass(frozen=True)
 class LookData:
@@ -396,6 +422,17 @@ class LookData:
 
     evaluated_at: datetime
     phases: tuple[PhaseLook, ...]
+
+    # Cached: the analysis of every later look reads these of every earlier one.
+    @functools.cached_property
+    def information(self) -> float:
+        """Effective posts over the phases that have an estimate (a phase without one, whose
+        challenger has no posts yet say, adds nothing to the statistic nor to the information)."""
+        return sum(phase.information for phase in self.phases)
+
+    @functools.cached_property
+    def covariate_widths(self) -> frozenset[int]:
+        return frozenset(arm.covariates for p in self.phases for arm in (p.control, p.treatment))
 
     def to_json(self) -> str:
         return json.dumps({"evaluated_at": self.evaluated_at.isoformat(), "phases": [p.to_dict() for p in self.phases]})

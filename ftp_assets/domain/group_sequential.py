@@ -179,9 +179,15 @@ def final_boundary(
     """
     fractions = _checked_fractions([*earlier_fractions, final_fraction])
     _check_alpha(alpha)
+    return _final_boundary(tuple(fractions), alpha, spending)
+
+
+@functools.lru_cache(maxsize=1024)
+def _final_boundary(fractions: tuple[float, ...], alpha: float, spending: SpendingFunction) -> float:
+    """:func:`final_boundary`, cached: every experiment of a schedule ends with the same final look."""
     if len(fractions) == 1:
         return _first_boundary(alpha)
-    earlier, recursion = _spending_prefix(tuple(fractions[:-1]), alpha, spending)
+    earlier, recursion = _spending_prefix(fractions[:-1], alpha, spending)
     recursion = recursion.extended(fractions)
     recursion.advance(-math.inf, earlier[-1])
     return _boundary_at(recursion, alpha - spending.cumulative(alpha, min(fractions[-2], 1.0)))

@@ -47,6 +47,7 @@ caller to raise the share to ``ramped_share``; (7) continue.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -65,8 +66,6 @@ from ftp_assets.domain.sequential_srm import log_bayes_factor
 # Directions of the within-arm covariate scatter below this share of the covariates' raw second
 # moments are treated as constant: those directions are left out of the adjustment.
 _SINGULAR_RATIO = 1e-10
-# ab_stats' tolerance for a residual variance that is only float rounding.
-_ROUNDING_TOLERANCE = 1e-9
 # Fractions are rounded to this many digits, so looks with equal counts share cached boundaries.
 _FRACTION_DIGITS = 12
 
@@ -313,28 +312,8 @@ def planned_information(
 
 
 def information_of(look: LookData) -> float:
-    """Effective posts of a look: Σ over the phases that have an estimate of posts·share·(1 − share).
-    A phase without one (its challenger has no posts yet, say) adds nothing to the statistic, so
-    it adds no information either."""
-    return sum(_phase_information(p) for p in look.phases if _estimable(p))
-
-
-def _phase_information(phase: PhaseLook) -> float:
-    return (phase.control.n + phase.treatment.n) * phase.share * (1 - phase.share)
-
-
-def _estimable(phase: PhaseLook) -> bool:
-    """Whether the phase's data gives a lift with a positive variance: ab_stats'
-    insufficient_data_reason and rate_unit_variance, on the raw sums (this runs for every earlier
-    look at every look, so it builds no ArmStats)."""
-    arms = (phase.control, phase.treatment)
-    if any(arm.n < 2 or arm.sum_y <= 0 or arm.sum_x <= 0 for arm in arms):
-        return False
-    for arm in arms:
-        rate = arm.sum_x / arm.sum_y
-        if arm.sum_x2 - 2 * rate * arm.sum_xy + rate**2 * arm.sum_y2 > _ROUNDING_TOLERANCE * arm.sum_x2:
-            return True
-    return False
+    """Effective posts of a look: Σ over the phases that have an estimate of posts·share·(1 − share)."""
+    return look.information
 
 
 def _check_looks(plan: ExperimentPlan, looks: Sequence[LookData]) -> None:
@@ -353,8 +332,7 @@ def _check_looks(plan: ExperimentPlan, looks: Sequence[LookData]) -> None:
         for phase in look.phases[1:]:
             if phase.share != plan.ramped_share:
                 raise ValueError(f"a ramped phase runs at the plan's ramped share {plan.ramped_share}")
-        widths = {arm.covariates for p in look.phases for arm in (p.control, p.treatment)}
-        if len(widths) > 1:
+        if len(look.covariate_widths) > 1:
             raise ValueError("every arm of a look has the same covariates")
 
 
@@ -404,7 +382,7 @@ def _boundaries(
         if final
         else efficacy_boundaries(fractions, plan.alpha, spending)
     )
-    spent = [spending.cumulative(plan.alpha, min(t, 1.0)) for t in fractions]
+    spent = [_spent(spending, plan.alpha, t) for t in fractions]
     if final:
         spent[-1] = plan.alpha
     rows = tuple(
@@ -412,6 +390,11 @@ def _boundaries(
         for i, info, t, b, a in zip(counted, informations, fractions, bounds, spent, strict=True)
     )
     return rows, final
+
+
+@functools.lru_cache(maxsize=65536)
+def _spent(spending: SpendingFunction, alpha: float, fraction: float) -> float:
+    return spending.cumulative(alpha, min(fraction, 1.0))
 
 
 def _detectable_lift(plan: ExperimentPlan, standard_error: float | None, information: float) -> float | None:
@@ -455,7 +438,7 @@ def _analyze_phase(plan: ExperimentPlan, looks: Sequence[LookData], index: int, 
         (look.phases[index].control.n, look.phases[index].treatment.n) for look in looks if len(look.phases) > index
     ]
     srm = _srm_p_value(counts, phase.share, plan.srm_prior_concentration)
-    information = _phase_information(phase)
+    information = phase.information
     reason = insufficient_data_reason(control.stats(), treatment.stats())
     empty = PhaseAnalysis(
         phase.share, control.n, treatment.n, information, None, None, None, None, None, None, srm, reason
