@@ -391,6 +391,9 @@ class ExperimentSettings(ConfigurableResource):
     spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
     # The always-valid interval's level: of the always-valid rule, and of the harm and ramp checks.
     two_sided_alpha: float = Field(default=0.05, gt=0, lt=1)
+    # The name two_sided_alpha had before plans; still read, so a deployment that set it keeps
+    # its level (and an experiment started before plans keeps deciding at it).
+    alpha: float | None = Field(default=None, gt=0, lt=1, description="deprecated: use two_sided_alpha")
     minimum_lift: float = Field(default=0.0, ge=0)
     minimum_detectable_effect: float = 0.10
     max_duration_hours: float = 168.0
@@ -402,10 +405,14 @@ class ExperimentSettings(ConfigurableResource):
     def agent_model(self, task: str) -> str:
         return self.hook_agent_model if task == "hook" else self.body_agent_model
 
+    @property
+    def interval_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else self.two_sided_alpha
+
     def decision_rule_settings(self) -> DecisionRule:
         return DecisionRule(
             maturity_hours=self.maturity_hours,
-            alpha=self.two_sided_alpha,
+            alpha=self.interval_alpha,
             minimum_lift=self.minimum_lift,
             minimum_detectable_effect=self.minimum_detectable_effect,
             max_duration_hours=self.max_duration_hours,
@@ -416,7 +423,7 @@ class ExperimentSettings(ConfigurableResource):
         return PlanSettings(
             rule=self.decision_rule,
             one_sided_alpha=self.one_sided_alpha,
-            two_sided_alpha=self.two_sided_alpha,
+            two_sided_alpha=self.interval_alpha,
             spending=self.spending,
             initial_share=self.challenger_share,
             # A ramped share below the initial one means no ramp.

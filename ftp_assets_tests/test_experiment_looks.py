@@ -177,6 +177,16 @@ def test_a_look_not_after_the_last_one_is_refused(store):
     assert [look.look_number for look in store.looks(experiment_id)] == [1]
 
 
+def test_a_look_analyzed_without_a_look_recorded_since_is_refused(store):
+    # Two evaluations read the looks at once; the later one's boundary did not count the other's.
+    experiment_id = start(store, plan=a_plan()).experiment_id
+    record(store, experiment_id, at(24), after_look=0)
+    with pytest.raises(ExperimentsLookError, match=r"another evaluation recorded look 1 .* after the 0 looks"):
+        record(store, experiment_id, at(48), after_look=0)
+    assert [look.look_number for look in store.looks(experiment_id)] == [1]
+    assert record(store, experiment_id, at(48), after_look=1).look_number == 2
+
+
 def test_no_look_is_recorded_once_the_experiment_has_finished(store):
     experiment_id = start(store, plan=a_plan()).experiment_id
     decisive = record(store, experiment_id, at(24), decision="promote")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
+import sys
 import time
 
 import numpy as np
@@ -272,3 +274,17 @@ def test_spending_inflation_reaches_its_power_in_simulation():
         axis=1
     )
     assert abs(crossed.mean() - target_power) < 4 * math.sqrt(0.9 * 0.1 / n)
+
+
+def test_a_schedule_of_hundreds_of_looks_needs_no_deep_recursion():
+    # Each evaluation starts with an empty cache and a look every few minutes makes hundreds of
+    # looks: the prefixes are solved in a loop, within a small stack.
+    fractions = [0.001 * 1.023**k for k in range(300)]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 60)
+    try:
+        boundaries = efficacy_boundaries(fractions, 0.025)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert len(boundaries) == 300 and boundaries[-1] == pytest.approx(efficacy_boundaries(fractions, 0.025)[-1])
+    assert 1.9 < boundaries[-1] < 2.3

@@ -235,3 +235,11 @@ def test_an_experiment_started_before_plans_finishes_under_the_always_valid_rule
     # The old analysis: a fixed-horizon interval for information, the chi-square SRM, no looks recorded.
     assert "fixed_ci_lower" in evaluation.result.statistics and "boundary" not in evaluation.result.statistics
     assert store.looks(experiment.experiment_id) == []
+
+
+def test_a_grace_window_longer_than_the_maturity_is_refused_at_the_start(posts):
+    # The look that ramps has counted the first phase's posts up to its maturity cut-off; a
+    # longer grace window would take some of them out of the phase at the switch.
+    settings = PlanSettings(**{**vars(SETTINGS), "maturity_hours": 0.5, "ramp_grace_minutes": 60})
+    with pytest.raises(ExperimentError, match=r"ramp_grace_minutes \(60\) exceeds maturity_hours \(0.5 h\)"):
+        plan_experiment(posts, settings, started_at=START)

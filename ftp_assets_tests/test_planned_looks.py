@@ -554,3 +554,11 @@ def test_planned_information_refuses_impossible_settings():
         planned_information(0, max_duration_hours=168, maturity_hours=24, **settings)
     with pytest.raises(ValueError):
         planned_information(10, max_duration_hours=24, maturity_hours=24, **settings)
+
+
+def test_counts_that_shrink_between_looks_are_scored_not_refused():
+    # A matured post deleted (or corrected into impossible counts) after a look: the phase's
+    # counts shrink; the experiment must still be able to decide.
+    first, second = AA.phase(1800, 200), AA.phase(1790, 199)
+    result = analyze_looks(RAMPING, [at(20, first), at(30, second)])
+    assert result.decision in ("continue", "promote", "reject") and result.srm_p_value > RAMPING.srm_alpha

@@ -289,8 +289,9 @@ def _live_week(
     started_at = max(e.started_at for e in experiments.values())
     maturity = timedelta(hours=ExperimentSettings().maturity_hours)
     decisions: dict[str, tuple[AbTestResult, RegisteredModel]] = {}
-    # Per task and arm: the audience model's expected rate summed over the arm's posts, and posts.
-    expected: dict[tuple[str, str], list[float]] = {}
+    # Per task, arm and simulated day: the audience model's expected rate summed over the arm's
+    # posts, and their number.
+    expected: dict[tuple[str, str, int], list[float]] = {}
 
     _say(
         f"SIMULATED week of the live experiment: {posts_per_day} posts a day, challenger share "
@@ -298,7 +299,9 @@ def _live_week(
     )
     for day in range(1, SIMULATED_DAYS + 2):
         if day <= SIMULATED_DAYS:
-            experiments = {task: store.get(e.experiment_id) or e for task, e in experiments.items()}
+            # As the agent does: the share in force, and once a task's experiment has decided,
+            # every generation from the model that won.
+            experiments = {task: _as_routed(store.get(e.experiment_id) or e) for task, e in experiments.items()}
             rows = simulate_posts(
                 clients,  # type: ignore[arg-type]
                 experiments,
@@ -310,7 +313,7 @@ def _live_week(
                 workers=workers,
             )
             db.insert_posts(rows)
-            _add_expected_rates(expected, rows, experiments)
+            _add_expected_rates(expected, rows, experiments, day)
         look = started_at + timedelta(days=day) + timedelta(minutes=1)
         if look - maturity <= started_at:
             continue  # nothing has matured yet
@@ -359,8 +362,23 @@ def _look_line(stats: Mapping) -> str:
     return line
 
 
+def _as_routed(experiment: Experiment) -> Experiment:
+    """The experiment as the agent routes by it: a promoted challenger (or a kept champion)
+    serves every generation once the experiment has decided."""
+    from dataclasses import replace
+
+    from ftp_assets.adapters.experiments_store import PROMOTED, RUNNING
+
+    if experiment.status == RUNNING:
+        return experiment
+    return replace(experiment, challenger_share=1.0 if experiment.status == PROMOTED else 0.0)
+
+
 def _add_expected_rates(
-    expected: dict[tuple[str, str], list[float]], rows: Sequence[Mapping], experiments: Mapping[str, Experiment]
+    expected: dict[tuple[str, str, int], list[float]],
+    rows: Sequence[Mapping],
+    experiments: Mapping[str, Experiment],
+    day: int,
 ) -> None:
     from ftp_demo.audience import expected_engagement_rate
 
@@ -368,15 +386,24 @@ def _add_expected_rates(
         rate = expected_engagement_rate(row["persona_id"], row["hook"], row["body"])
         for task, experiment in experiments.items():
             arm = "challenger" if row[f"{task}_model"] == experiment.challenger_model else "champion"
-            totals = expected.setdefault((task, arm), [0.0, 0.0])
+            totals = expected.setdefault((task, arm, day), [0.0, 0.0])
             totals[0] += rate
             totals[1] += 1
 
 
-def _expected_lift(expected: Mapping[tuple[str, str], list[float]], task: str) -> float | None:
-    """Mean expected rate of the challenger's posts over the champion's, minus one: the lift the
-    audience model gives the challenger's generations (the other task's arms are split alike)."""
-    challenger, champion = expected.get((task, "challenger")), expected.get((task, "champion"))
-    if not challenger or not champion or not challenger[1] or not champion[1]:
+def _expected_lift(expected: Mapping[tuple[str, str, int], list[float]], task: str) -> float | None:
+    """The lift the audience model gives the challenger's generations: per simulated day, the mean
+    expected rate of the challenger's posts over the champion's, minus one, averaged with the
+    analysis's weights (n_champion·n_challenger/n). Per day, because the posts' rates drift over
+    the week (the other task's winner, the share's ramp): pooling the week would let that drift
+    pass for a lift, as it would in the analysis."""
+    lifts, weights = [], []
+    for day in sorted({key[2] for key in expected if key[0] == task}):
+        challenger, champion = expected.get((task, "challenger", day)), expected.get((task, "champion", day))
+        if not challenger or not champion or not challenger[1] or not champion[1]:
+            continue
+        lifts.append((challenger[0] / challenger[1]) / (champion[0] / champion[1]) - 1)
+        weights.append(challenger[1] * champion[1] / (challenger[1] + champion[1]))
+    if not weights:
         return None
-    return (challenger[0] / challenger[1]) / (champion[0] / champion[1]) - 1
+    return sum(lift * weight for lift, weight in zip(lifts, weights, strict=True)) / sum(weights)

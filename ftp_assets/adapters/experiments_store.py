@@ -434,6 +434,7 @@ class ExperimentStore:
         ramp_to: float | None = None,
         switch_at: datetime | None = None,
         grace_minutes: float = 60.0,
+        after_look: int | None = None,
     ) -> LookRecord:
         """Record the experiment's next look, in one transaction; with ``ramp_to``, also move the
         challenger's share there from ``switch_at`` (default ``evaluated_at``) on (a new phase, see
@@ -442,7 +443,10 @@ class ExperimentStore:
         A look already recorded at ``evaluated_at`` is returned unchanged, nothing ramped, even once
         the experiment has finished: a re-run of the evaluation that recorded it and then decided.
         Otherwise the experiment must be running and ``evaluated_at`` after its last look
-        (:class:`ExperimentsLookError`). ``ramp_to`` equal to the share in force changes nothing."""
+        (:class:`ExperimentsLookError`). ``ramp_to`` equal to the share in force changes nothing.
+        ``after_look`` is the number of the last look the analysis saw (0 for none): when another
+        evaluation recorded a look since, this one is refused, since its boundary did not count
+        that look (:class:`ExperimentsLookError`; evaluate again)."""
         evaluated_at = as_utc(evaluated_at)
         with self.engine.begin() as conn:
             query = sa.select(experiments.c.status, experiments.c.challenger_share, experiments.c.phases).where(
@@ -473,6 +477,11 @@ class ExperimentStore:
                 .order_by(experiment_looks.c.look_number.desc())
                 .limit(1)
             ).first()
+            if after_look is not None and (0 if last is None else last.look_number) != after_look:
+                raise ExperimentsLookError(
+                    f"another evaluation recorded look {last.look_number if last else 0} of {experiment_id!r} "
+                    f"after the {after_look} looks this one analyzed; evaluate again"
+                )
             if last is not None and not evaluated_at > last.evaluated_at:
                 raise ExperimentsLookError(
                     f"a look of {experiment_id!r} at {evaluated_at.isoformat()} is not after its last look, "

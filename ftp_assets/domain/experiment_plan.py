@@ -350,6 +350,8 @@ class ExperimentPlan:
             raise ValueError(f"minimum_lift must be >= 0, got {self.minimum_lift!r}")
         if self.started_at.tzinfo is None:
             raise ValueError("started_at must carry its time zone")
+        if self.ramps and self.ramp_grace_minutes > 60 * self.maturity_hours:
+            raise ValueError("the ramp's grace window cannot exceed the maturity: it would drop counted posts")
 
     @property
     def ramps(self) -> bool:

@@ -59,9 +59,11 @@ the boundaries reach the requested power.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -194,27 +196,49 @@ def _final_boundary(fractions: tuple[float, ...], alpha: float, spending: Spendi
 
 
 # Prefixes of look schedules already solved, with the recursion's state at their last look: a
-# new look extends its prefix by one step instead of solving every earlier look again. Each entry
-# holds a grid of at most _MAX_GRID_POINTS points.
-_PREFIX_CACHE_SIZE = 2048
+# new look extends its longest solved prefix step by step instead of solving every earlier look
+# again. At most this many entries, each with a grid of at most _MAX_GRID_POINTS points, the
+# least recently used dropped first.
+_PREFIX_CACHE_SIZE = 1024
+_PrefixKey = tuple[tuple[float, ...], float, SpendingFunction]
+_prefixes: collections.OrderedDict[_PrefixKey, tuple[tuple[float, ...], _Recursion]] = collections.OrderedDict()
+_prefixes_lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=_PREFIX_CACHE_SIZE)
 def _spending_prefix(
     fractions: tuple[float, ...], alpha: float, spending: SpendingFunction
 ) -> tuple[tuple[float, ...], _Recursion]:
     """The spending-function boundaries of looks at ``fractions``, and the recursion ready to
     carry the sub-density past the last look. It is not carried yet: how finely to carry it
     depends on the next look's fraction (:meth:`_Recursion._spacing`), exactly as when all the
-    fractions are known at once."""
-    if len(fractions) == 1:
-        return (_first_boundary(spending.cumulative(alpha, min(fractions[0], 1.0))),), _Recursion(fractions, drift=0.0)
-    earlier, previous = _spending_prefix(fractions[:-1], alpha, spending)
-    recursion = previous.extended(fractions)
-    recursion.advance(-math.inf, earlier[-1])
-    spent_before = spending.cumulative(alpha, min(fractions[-2], 1.0))
-    increment = spending.cumulative(alpha, min(fractions[-1], 1.0)) - spent_before
-    return (*earlier, _boundary_at(recursion, increment)), recursion
+    fractions are known at once. A loop, not a recursion: a schedule may have hundreds of looks."""
+    with _prefixes_lock:
+        solved = len(fractions)
+        while solved > 0 and (fractions[:solved], alpha, spending) not in _prefixes:
+            solved -= 1
+        if solved:
+            _prefixes.move_to_end((fractions[:solved], alpha, spending))
+            boundaries, recursion = _prefixes[fractions[:solved], alpha, spending]
+        else:
+            first = _first_boundary(spending.cumulative(alpha, min(fractions[0], 1.0)))
+            boundaries, recursion, solved = (first,), _Recursion(fractions[:1], drift=0.0), 1
+            _remember((fractions[:1], alpha, spending), (boundaries, recursion))
+        for length in range(solved + 1, len(fractions) + 1):
+            prefix = fractions[:length]
+            recursion = recursion.extended(prefix)
+            recursion.advance(-math.inf, boundaries[-1])
+            increment = spending.cumulative(alpha, min(prefix[-1], 1.0)) - spending.cumulative(
+                alpha, min(prefix[-2], 1.0)
+            )
+            boundaries = (*boundaries, _boundary_at(recursion, increment))
+            _remember((prefix, alpha, spending), (boundaries, recursion))
+        return boundaries, recursion
+
+
+def _remember(key: _PrefixKey, value: tuple[tuple[float, ...], _Recursion]) -> None:
+    _prefixes[key] = value
+    if len(_prefixes) > _PREFIX_CACHE_SIZE:
+        _prefixes.popitem(last=False)
 
 
 def _first_boundary(target: float) -> float:

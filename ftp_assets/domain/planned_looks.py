@@ -474,9 +474,9 @@ def _analyze_phase(plan: ExperimentPlan, looks: Sequence[LookData], index: int, 
 def _srm_p_value(counts: Sequence[tuple[int, int]], share: float, prior_concentration: float) -> float:
     """The sequential sample-ratio p-value over a phase's looks: the smallest 1/BF so far, capped
     at 1 (sequential_srm's running minimum, for all looks in one vectorized call)."""
+    # Counts that shrink (a matured post deleted or corrected into impossible counts) are scored
+    # as they are: refusing them would leave the experiment unable to decide.
     array = np.asarray(counts, dtype=np.float64)
-    if np.any(np.diff(array, axis=0) < 0):
-        raise ValueError("a phase's post counts cannot shrink from one look to the next")
     log_bf = log_bayes_factor(array, [1 - share, share], prior_concentration)
     return float(min(1.0, np.exp(-np.max(log_bf))))
 

@@ -88,11 +88,9 @@ def ab_experiment(
         check=check,
     )
     started_at = datetime.now(UTC)
-    plans: list[ExperimentPlan] = []
 
     def plan() -> ExperimentPlan:
-        plans.append(plan_experiment(posts_db.open(), experiment_settings.planning(), started_at=started_at))
-        return plans[-1]
+        return plan_experiment(posts_db.open(), experiment_settings.planning(), started_at=started_at)
 
     with mlflow.errors():
         try:
@@ -109,10 +107,12 @@ def ab_experiment(
         except (ExperimentError, EndpointsError) as error:
             raise Failure(str(error)) from None
     extra: dict[str, Any] = {}
-    if plans:
-        extra["plan"] = plan_table(plans[-1])
+    # The running experiment's own plan: starting the same challenger again keeps the first one.
+    running = posts_db.experiments().get(started.experiment_id) if started.experiment_id else None
+    if running is not None and running.plan is not None:
+        extra["plan"] = plan_table(running.plan)
         context.log.info(
-            f"{task}: plan: {plans[-1].rule}, maximum information from {plans[-1].maximum_information_basis}"
+            f"{task}: plan: {running.plan.rule}, maximum information from {running.plan.maximum_information_basis}"
         )
     return Output(
         started,

@@ -15,7 +15,14 @@ from datetime import UTC, datetime, timedelta
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from ftp_assets.adapters.experiments_store import DEFAULT_ENDPOINT, RUNNING, Experiment, ExperimentStore, LookRecord
+from ftp_assets.adapters.experiments_store import (
+    DEFAULT_ENDPOINT,
+    RUNNING,
+    Experiment,
+    ExperimentsLookError,
+    ExperimentStore,
+    LookRecord,
+)
 from ftp_assets.adapters.mlflow_registry import (
     DECISION_TAG,
     PROVIDER_TAG,
@@ -332,6 +339,14 @@ def plan_experiment(db: PostsDatabase, settings: PlanSettings, *, started_at: da
     posts of the ``history_weeks`` before it: their rate plans the maximum information, their
     engagement by persona, weekday and hour gives the covariates. Without such posts there is no
     sample to plan, and the always-valid rule (which needs none) decides."""
+    if settings.ramped_share > settings.initial_share and settings.ramp_grace_minutes > 60 * settings.maturity_hours:
+        # The ramp closes the first phase a grace window before the switch, and the look that
+        # ramps has counted the first phase's posts up to its maturity cut-off: they must stay in.
+        raise ExperimentError(
+            f"ramp_grace_minutes ({settings.ramp_grace_minutes:g}) exceeds maturity_hours "
+            f"({settings.maturity_hours:g} h): the ramp would drop posts its look already counted; "
+            "shorten the grace window or lengthen the maturity."
+        )
     since = started_at - timedelta(weeks=settings.history_weeks)
     until = started_at - timedelta(hours=settings.maturity_hours)
     cells = db.pre_experiment_cells(since=since, until=until) if until > since else []
@@ -432,27 +447,31 @@ def _evaluate_planned(
     )
     analysis = analyze_looks(plan, [*(record.data for record in records), look])
     statistics = look_statistics(analysis, plan)
-    recorded = store.record_look(
-        experiment.experiment_id,
-        evaluated_at=now,
-        data_until=outcomes.data_until,
-        challenger_share=experiment.challenger_share,
-        information=analysis.information,
-        information_fraction=analysis.information_fraction,
-        statistic=analysis.statistic,
-        boundary=analysis.boundary,
-        alpha_spent=analysis.alpha_spent,
-        decision=analysis.decision,
-        reason=analysis.reason,
-        data=look,
-        analysis={key: statistics[key] for key in LOOK_SUMMARY_FIELDS}
-        | {"excluded_impossible_counts": outcomes.excluded_impossible},
-        ramp_to=analysis.ramp_to,
-        # The agent sees the new share only from now on: a run that starts late (or a retry) must
-        # not date the switch back to its evaluation time.
-        switch_at=max(now, wall_clock()),
-        grace_minutes=plan.ramp_grace_minutes,
-    )
+    try:
+        recorded = store.record_look(
+            experiment.experiment_id,
+            evaluated_at=now,
+            data_until=outcomes.data_until,
+            challenger_share=experiment.challenger_share,
+            information=analysis.information,
+            information_fraction=analysis.information_fraction,
+            statistic=analysis.statistic,
+            boundary=analysis.boundary,
+            alpha_spent=analysis.alpha_spent,
+            decision=analysis.decision,
+            reason=analysis.reason,
+            data=look,
+            analysis={key: statistics[key] for key in LOOK_SUMMARY_FIELDS}
+            | {"excluded_impossible_counts": outcomes.excluded_impossible},
+            ramp_to=analysis.ramp_to,
+            # The agent sees the new share only from now on: a run that starts late (or a retry)
+            # must not date the switch back to its evaluation time.
+            switch_at=max(now, wall_clock()),
+            grace_minutes=plan.ramp_grace_minutes,
+            after_look=len(records),
+        )
+    except ExperimentsLookError as error:
+        raise ExperimentError(f"Experiment {experiment.experiment_id}: {error}.") from None
     return Evaluation(
         _result(experiment, analysis.decision, analysis.reason, now, outcomes.data_until, statistics),
         analysis,
