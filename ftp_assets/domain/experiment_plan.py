@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ftp_assets.domain.ab_stats import ArmStats
+from ftp_assets.domain.ab_stats import ArmStats, insufficient_data_reason
 
 Rule = Literal["group_sequential", "always_valid"]
 RULES: tuple[Rule, ...] = ("group_sequential", "always_valid")
@@ -394,17 +394,12 @@ class PhaseLook:
 
     @property
     def estimable(self) -> bool:
-        """Whether the phase gives a lift with a positive variance: both arms have 2 posts or
-        more with impressions and engagements, and the posts' rates are not all the same
-        (ab_stats' insufficient_data_reason and rate_unit_variance, on the raw sums)."""
-        arms = (self.control, self.treatment)
-        if any(arm.n < 2 or arm.sum_y <= 0 or arm.sum_x <= 0 for arm in arms):
+        """Whether the phase gives a lift with a positive variance: ab_stats finds enough data
+        and the posts' rates are not all the same (LookData caches what depends on it)."""
+        control, treatment = self.control.stats(), self.treatment.stats()
+        if insufficient_data_reason(control, treatment) is not None:
             return False
-        for arm in arms:
-            rate = arm.sum_x / arm.sum_y
-            if arm.sum_x2 - 2 * rate * arm.sum_xy + rate**2 * arm.sum_y2 > _ROUNDING_TOLERANCE * arm.sum_x2:
-                return True
-        return False
+        return control.rate_unit_variance() > 0 or treatment.rate_unit_variance() > 0
 
     @property
     def information(self) -> float:
@@ -412,10 +407,6 @@ class PhaseLook:
         if not self.estimable:
             return 0.0
         return (self.control.n + self.treatment.n) * self.share * (1 - self.share)
-
-
-# ab_stats' tolerance for a residual variance that is only float rounding.
-_ROUNDING_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
