@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 import warnings
@@ -139,15 +140,21 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     from datetime import UTC, datetime
 
     from ftp_assets.adapters.experiments_store import ExperimentStore
-    from ftp_assets.resources import MlflowResource
+    from ftp_assets.resources import ExperimentSettings, MetricsPublisher, MlflowResource
     from ftp_assets.steps.experiment import rollback_champion_of
 
     # The experiments table too: the running experiment must not keep the demoted champion.
     experiments = ExperimentStore(_posts_db().engine)
     experiments.init_schema()
-    mlflow = MlflowResource(tracking_uri=_settings().secret_value("MLFLOW_TRACKING_URI"))
+    settings = _settings()
+    mlflow = MlflowResource(tracking_uri=settings.secret_value("MLFLOW_TRACKING_URI"))
     with mlflow.errors():
         print(rollback_champion_of(mlflow.client(), experiments, args.task, now=datetime.now(UTC)))
+    # As rollback_job does: the dashboards see the cancelled experiment and the restored champion.
+    metrics = MetricsPublisher(pushgateway_url=settings.pushgateway_url)
+    log = logging.getLogger("ftp_assets.rollback")
+    metrics.publish_experiments(log, experiments, args.task, ExperimentSettings())
+    metrics.publish_registry(log, mlflow.client(), experiments, args.task)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
@@ -171,6 +178,8 @@ def cmd_ui(args: argparse.Namespace) -> None:
         mlflow_port=args.mlflow_port,
         openai_port=args.openai_port,
         serving_port=args.serving_port,
+        prometheus_port=args.prometheus_port,
+        pushgateway_port=args.pushgateway_port,
     )
 
 
@@ -247,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument(
         "--serving-port", type=int, default=LOCAL_SERVING_PORT, help="of ftp-serve, once the tiny base exists"
     )
+    ui.add_argument("--prometheus-port", type=int, default=9090, help="of Prometheus, when it is installed")
+    ui.add_argument("--pushgateway-port", type=int, default=9091, help="of its Pushgateway")
     ui.set_defaults(func=cmd_ui)
     return parser
 

@@ -6,13 +6,14 @@ load it through ``load_definitions``."""
 from dagster import Definitions, EnvVar, FilesystemIOManager, definitions
 from dagster_openai import OpenAIResource
 
-from ftp_assets import data, experiment, training
+from ftp_assets import data, experiment, observability, training
 from ftp_assets.resources import (
     LOCAL_OPENAI_API_KEY,
     LOCAL_OPENAI_BASE_URL,
     DatasetStorage,
     ExperimentSettings,
     FineTuningSettings,
+    MetricsPublisher,
     MlflowResource,
     PostsDatabaseResource,
     SelfHostedTraining,
@@ -85,6 +86,8 @@ def shared_resources(settings: DeploymentSettings) -> Definitions:
         ),
         "experiment_settings": ExperimentSettings(),
         "serving": serving_endpoints(settings),
+        # An EnvVar: a gateway's password in its URL never shows in Dagster's config display.
+        "metrics": MetricsPublisher(pushgateway_url=EnvVar("FTP_PUSHGATEWAY_URL") if settings.pushgateway_url else ""),
     }
     if settings.storage_url:
         resources["io_manager"] = FilesystemIOManager(base_dir=f"{settings.storage_url.rstrip('/')}/dagster")
@@ -92,11 +95,13 @@ def shared_resources(settings: DeploymentSettings) -> Definitions:
 
 
 def build_definitions(settings: DeploymentSettings) -> Definitions:
-    """The code location of a deployment: the three groups and their shared resources."""
+    """The code location of a deployment: the three groups, the run-failure sensor and their shared
+    resources."""
     return Definitions.merge(
         data.build_defs(settings),
         training.build_defs(settings),
         experiment.build_defs(settings),
+        observability.build_defs(settings),
         shared_resources(settings),
     )
 

@@ -148,6 +148,7 @@ def run_checks(settings: DeploymentSettings, *, invalid: str = "") -> list[Check
         ("dagster.instance", check_dagster_instance),
         ("dagster.code_location", check_code_location),
         ("automation", check_automation),
+        ("observability", check_observability),
     ]
     try:
         for name, step in steps:
@@ -827,3 +828,32 @@ def check_automation(context: _Context) -> list[Check]:
         local = "" if settings.production else " (the local profile starts it stopped)"
         checks.append(Check(name, FAIL if settings.production else WARN, f"stopped ({how}){local}", fix))
     return checks
+
+
+def check_observability(context: _Context) -> list[Check]:
+    """The Pushgateway answers (a GET of its readiness: nothing is pushed), and whether failures
+    are notified. Neither gates a run, so neither is a failure (docs/observability.md)."""
+    from ftp_assets.adapters.metrics import readiness, without_credentials
+
+    settings = context.settings
+    gateway = settings.pushgateway_url
+    if not gateway:
+        fix = "set FTP_PUSHGATEWAY_URL to the Pushgateway your Prometheus scrapes (docs/observability.md)."
+        metrics = Check("metrics", WARN if settings.production else OK, "FTP_PUSHGATEWAY_URL is unset: no metrics", fix)
+    else:
+        where = without_credentials(gateway)
+        problem = readiness(gateway)
+        if problem:
+            fix = "start the Pushgateway, or correct FTP_PUSHGATEWAY_URL; until then the runs log a warning."
+            metrics = Check("metrics", WARN, f"the Pushgateway at {where}: {problem}", fix)
+        else:
+            metrics = Check("metrics", OK, f"the Pushgateway at {where} is ready")
+    return [metrics, _alerts(settings)]
+
+
+def _alerts(settings: DeploymentSettings) -> Check:
+    if settings.has("FTP_ALERT_WEBHOOK_URL"):
+        link = "with run links" if settings.dagster_ui_url else "without run links (FTP_DAGSTER_UI_URL is unset)"
+        return Check("alerts", OK, f"failed runs are posted to the webhook ({settings.alert_webhook_format}), {link}")
+    fix = "set FTP_ALERT_WEBHOOK_URL (a Slack incoming webhook or any JSON one) to be told of failed runs."
+    return Check("alerts", WARN if settings.production else OK, "FTP_ALERT_WEBHOOK_URL is unset: no notifications", fix)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -12,12 +13,16 @@ from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import Field, PrivateAttr
 from upath import UPath
 
+from ftp_assets.adapters.metrics import MetricsError, Sample, Stage, push
 from ftp_assets.adapters.posts_db import PostsDatabase, redacted
 from ftp_assets.home import ftp_home, home_path, installed_command
 from ftp_assets.steps.experiment import DecisionRule, PlanSettings
 from ftp_assets.steps.fine_tune import FineTuneOptions
+from ftp_assets.steps.loop_metrics import experiment_samples, registry_samples
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from ftp_assets.adapters.endpoints import Endpoint
     from ftp_assets.adapters.experiments_store import ExperimentStore
     from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
@@ -141,6 +146,9 @@ class FineTuningSettings(ConfigurableResource):
     max_auto_epochs: int | None = None
     seed: int = 42
     budget_usd: float = 50.0
+    # The spend per task and 7 days above which the FtpWeeklyCostOverBudget alert fires (the
+    # data-threshold sensors may train more than once a week); nothing stops at it.
+    weekly_budget_usd: float = 100.0
     timeout_hours: float = 24.0
     poll_initial_seconds: float = 5.0
     poll_max_seconds: float = 60.0
@@ -437,3 +445,50 @@ class ExperimentSettings(ConfigurableResource):
             history_weeks=self.history_weeks,
             regression_adjustment=self.regression_adjustment,
         )
+
+
+class MetricsPublisher(ConfigurableResource):
+    """The loop's Prometheus metrics, pushed to the Pushgateway at ``pushgateway_url``
+    (FTP_PUSHGATEWAY_URL); with none, nothing is published. A gateway that does not answer is a
+    warning in the run's log, never a failed step: the metrics watch the loop, they do not gate it."""
+
+    pushgateway_url: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.pushgateway_url)
+
+    def publish(self, log: Any, stage: Stage, task: str | None, samples: Callable[[], Iterable[Sample]]) -> None:
+        """Replaces the group of ``stage`` (and ``task``) with the ``samples`` the callable reads
+        (only when a gateway is configured); ``log`` is a Dagster or standard logger. Nothing here
+        fails a step: a gateway or a store that fails is a warning, a sample outside the catalogue
+        (our bug) an error in the log."""
+        if not self.enabled:
+            return
+        try:
+            problem = push(self.pushgateway_url, stage, task, list(samples()))
+        except MetricsError as error:  # our bug, loud in the log (the tests fail on it), not the run's failure
+            log.error(f"the {stage} metrics were not published: {error}")
+            return
+        except Exception as error:  # the type only: a store's message may quote its URL
+            problem = f"the {stage} metrics were not published: reading them failed ({type(error).__name__})"
+        if problem:
+            log.warning(problem)
+
+    def publish_experiments(self, log: Any, store: ExperimentStore, task: str, settings: ExperimentSettings) -> None:
+        """The experiments table's picture of the task (after a start, a look, a decision, a rollback)."""
+        legacy_max_duration = timedelta(hours=settings.max_duration_hours)
+        self.publish(
+            log, "experiment", task, lambda: experiment_samples(store, task, legacy_max_duration=legacy_max_duration)
+        )
+
+    def publish_registry(self, log: Any, client: MlflowClient, store: ExperimentStore, task: str) -> None:
+        """The task's champion in the registry and its last promotion (after a decision or a rollback)."""
+
+        def samples() -> list[Sample]:
+            from ftp_assets.adapters.mlflow_registry import champion
+
+            version = champion(client, task)
+            return registry_samples(None if version is None else str(version.version), store.history(task))
+
+        self.publish(log, "registry", task, samples)

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ftp_assets.adapters.endpoints import Endpoint, EndpointsError, configured_endpoints, is_loopback_url
 
 # Read by the resources as EnvVars, never by this object: they may hold credentials.
-SECRET_VARIABLES = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI")
+SECRET_VARIABLES = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI", "FTP_ALERT_WEBHOOK_URL")
 PRODUCTION_REQUIRED = ("OPENAI_API_KEY", "FTP_POSTS_DB_URL", "MLFLOW_TRACKING_URI", "FTP_STORAGE_URL")
 # The self-hosted trainer needs no OpenAI key, but its image and a base model on the cache volume.
 SELF_HOSTED_PRODUCTION_REQUIRED = (
@@ -83,6 +83,12 @@ class DeploymentSettings(BaseSettings):
     min_training_interval_hours: float = 24.0
     training_sensor_interval_seconds: int = 300
     experiment_sensor_interval_seconds: int = 3600
+    # Observability (docs/observability.md): the Pushgateway each step pushes its metrics to ("":
+    # none), and the failure notifications (off without a webhook URL, a secret read at use).
+    pushgateway_url: str = ""
+    alert_webhook_format: Literal["json", "slack"] = "json"
+    # The Dagster UI's address, for the run link of a notification ("": the run id alone).
+    dagster_ui_url: str = ""
     # Which secret variables are set (names only, never values), taken when the settings are read.
     _secrets_set: frozenset[str] = PrivateAttr(default_factory=_secret_variables_set)
 
@@ -97,6 +103,16 @@ class DeploymentSettings(BaseSettings):
         if value <= 0:
             raise ValueError(f"FTP_{info.field_name.upper()} must be a positive {kind.__name__}, got {raw!r}.")
         return value
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _pushgateway(cls, raw: str) -> str:
+        # Checked at load, in words that never quote it (it may carry a password).
+        from ftp_assets.adapters.metrics import url_problem
+
+        if raw and (problem := url_problem(raw)):
+            raise ValueError(f"{problem}.")
+        return raw
 
     @field_validator("trainer_pod_spec")
     @classmethod

@@ -4,6 +4,7 @@ pytest_plugins = [
     "ftp_assets_tests.fixtures.postgres",
     "ftp_assets_tests.fixtures.mlflow_server",
     "ftp_assets_tests.fixtures.local_openai",
+    "ftp_assets_tests.fixtures.prometheus",
 ]
 
 

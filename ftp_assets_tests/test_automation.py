@@ -35,6 +35,7 @@ from ftp_assets.resources import (
     DatasetStorage,
     ExperimentSettings,
     FineTuningSettings,
+    MetricsPublisher,
     MlflowResource,
     PostsDatabaseResource,
     SelfHostedTraining,
@@ -250,6 +251,7 @@ def test_after_a_training_the_count_restarts_at_its_window_end_and_waits_the_int
         "self_hosted_training": SelfHostedTraining(),
         "mlflow": MlflowResource(tracking_uri=local_tracking_uri(tmp_path / "mlflow")),
         "experiment_settings": ExperimentSettings(),
+        "metrics": MetricsPublisher(),
     }
     training = [engaged_posts, training_jsonl, enough_examples, valid_format, fine_tuned_model]
     trained = materialize(

@@ -256,9 +256,15 @@ def test_webserver_lists_the_schedule_and_sensors(dagster_env, tmp_path):
         "executionTimezone": "UTC",
         "pipelineName": "training_cycle",
     }
-    sensors = {s["name"]: (s["targets"][0]["pipelineName"], s["minIntervalSeconds"]) for s in repository["sensors"]}
+    sensors = {
+        s["name"]: (s["targets"][0]["pipelineName"] if s["targets"] else None, s["minIntervalSeconds"])
+        for s in repository["sensors"]
+    }
     assert sensors == {
         "hook_data_threshold_sensor": ("training_cycle", 300),
         "body_data_threshold_sensor": ("training_cycle", 300),
         "experiment_evaluation_sensor": ("experiment_evaluation", 3600),
+        # They launch no run: one watches the others fail, one refreshes the metrics.
+        "run_failure_alerts": (None, 30),
+        "metrics_refresh": (None, 300),
     }

@@ -15,7 +15,7 @@ from dagster import instance_for_test, materialize
 from ftp_assets.adapters.posts_db import PostsDatabase, posts_table
 from ftp_assets.data.assets import engaged_posts, training_jsonl
 from ftp_assets.data.checks import enough_examples, low_duplicate_rate, valid_format
-from ftp_assets.resources import DatasetStorage, PostsDatabaseResource
+from ftp_assets.resources import DatasetStorage, MetricsPublisher, PostsDatabaseResource
 from ftp_assets.steps.data_path import REJECTION_REASONS
 from ftp_assets_tests.corpus import DIRTY, WINDOW_END, clean_posts, post
 
@@ -39,6 +39,7 @@ def run(url, task, instance, tmp_path, run_config=RUN_CONFIG, assets=ASSETS):
         resources={
             "posts_db": PostsDatabaseResource(url=url),
             "dataset_storage": DatasetStorage(root=str(tmp_path / "datasets")),
+            "metrics": MetricsPublisher(),
         },
         raise_on_error=False,
     )

@@ -99,6 +99,9 @@ def test_production_loads_with_automation_running_and_the_configured_provider():
         "hook_data_threshold_sensor": "RUNNING",
         "body_data_threshold_sensor": "RUNNING",
         "experiment_evaluation_sensor": "RUNNING",
+        # Nothing to publish or notify in this environment.
+        "run_failure_alerts": "STOPPED",
+        "metrics_refresh": "STOPPED",
     }
     assert location["openai_base_url"] == "https://llm.example.test/v1"
     assert location["openai_key_from_env"] == "OPENAI_API_KEY"  # an EnvVar, resolved by each run
@@ -182,6 +185,22 @@ def test_the_local_self_hosted_trainer_runs_as_a_subprocess_on_the_tiny_base():
 def test_automation_off_keeps_production_schedules_and_sensors_stopped():
     location = loaded(**PRODUCTION, FTP_AUTOMATION="off")
     assert set(location["schedules"].values()) == set(location["sensors"].values()) == {"STOPPED"}
+
+
+def test_the_observability_sensors_run_once_they_have_something_to_do_even_with_automation_off():
+    gateway = loaded(**PRODUCTION, FTP_AUTOMATION="off", FTP_PUSHGATEWAY_URL="http://pushgateway:9091")["sensors"]
+    assert (gateway.pop("run_failure_alerts"), gateway.pop("metrics_refresh")) == ("RUNNING", "RUNNING")
+    assert set(gateway.values()) == {"STOPPED"}
+    webhook = loaded(**PRODUCTION, FTP_AUTOMATION="off", FTP_ALERT_WEBHOOK_URL="http://hooks/x")["sensors"]
+    assert (webhook.pop("run_failure_alerts"), webhook.pop("metrics_refresh")) == ("RUNNING", "STOPPED")
+    assert set(webhook.values()) == {"STOPPED"}
+
+
+def test_a_malformed_pushgateway_url_stops_the_load_without_quoting_it():
+    process = load(FTP_PUSHGATEWAY_URL="http://pusher:s3cret@gateway:port")
+    assert process.returncode != 0
+    assert "FTP_PUSHGATEWAY_URL is not a URL with a host and a numeric port" in last_line(process)
+    assert "s3cret" not in process.stdout + process.stderr
 
 
 def test_local_default_keeps_the_embedded_defaults():

@@ -353,6 +353,31 @@ def test_stopped_automation_warns_locally(healthy):
     assert found["automation.weekly_training"].fix == "start the schedule in the UI: `make ui`, then Automation."
 
 
+def test_the_pushgateway_is_asked_whether_it_is_ready_and_the_webhook_only_whether_it_is_set(
+    healthy, monitoring, monkeypatch
+):
+    found = checks()
+    assert (found["metrics"].verdict, found["alerts"].verdict) == (OK, OK)  # locally, nothing is required
+    assert "no metrics" in found["metrics"].detail and "no notifications" in found["alerts"].detail
+
+    gateway = monitoring.pushgateway_url.replace("http://", "http://pusher:s3cret@")
+    monkeypatch.setenv("FTP_PUSHGATEWAY_URL", gateway)
+    monkeypatch.setenv("FTP_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hooks/T000/B000/xyzzy")
+    found = checks()
+    assert found["metrics"].verdict == OK and "is ready" in found["metrics"].detail
+    assert "s3cret" not in format_line(found["metrics"])
+    assert found["alerts"].verdict == OK and "xyzzy" not in format_line(found["alerts"])
+    assert "without run links" in found["alerts"].detail
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("FTP_PUSHGATEWAY_URL", f"http://127.0.0.1:{closed}")
+    found = checks()
+    assert found["metrics"].verdict == WARN and "does not answer" in found["metrics"].detail
+    assert failing(found) == set()  # the metrics never gate a run
+
+
 def test_self_hosted_base_model_missing(healthy, tmp_path, monkeypatch):
     monkeypatch.setenv("FTP_PROVIDER", "self_hosted")
     found = checks()

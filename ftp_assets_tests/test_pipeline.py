@@ -19,6 +19,7 @@ from ftp_assets.resources import (
     DatasetStorage,
     ExperimentSettings,
     FineTuningSettings,
+    MetricsPublisher,
     MlflowResource,
     PostsDatabaseResource,
     SelfHostedTraining,
@@ -61,6 +62,7 @@ def cycle(request, local_openai, local_serving, mlflow_server, mlflow_client, tm
         "mlflow": MlflowResource(tracking_uri=mlflow_server),
         "experiment_settings": ExperimentSettings(),
         "serving": local_serving,
+        "metrics": MetricsPublisher(),
     }
     with instance_for_test() as instance:
         yield db, resources, instance

@@ -38,6 +38,7 @@ from ftp_assets.resources import (
     DatasetStorage,
     ExperimentSettings,
     FineTuningSettings,
+    MetricsPublisher,
     MlflowResource,
     PostsDatabaseResource,
     SelfHostedTraining,
@@ -68,6 +69,7 @@ def training_cycle_from_env():
             "mlflow": MlflowResource(tracking_uri=EnvVar("MLFLOW_TRACKING_URI")),
             "experiment_settings": ExperimentSettings(),
             "serving": ServingEndpoints(openai_base_url=EnvVar("OPENAI_BASE_URL")),
+            "metrics": MetricsPublisher(),
         },
     )
     return defs.resolve_job_def("training_cycle")

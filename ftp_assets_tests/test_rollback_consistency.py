@@ -17,7 +17,7 @@ from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.cli import main
 from ftp_assets.experiment.jobs import rollback_job
 from ftp_assets.experiment.sensors import evaluate_experiment_tick
-from ftp_assets.resources import MlflowResource, PostsDatabaseResource
+from ftp_assets.resources import ExperimentSettings, MetricsPublisher, MlflowResource, PostsDatabaseResource
 from ftp_assets.steps.experiment import (
     ExperimentError,
     apply_decision,
@@ -203,6 +203,8 @@ def test_rollback_job_does_the_same(mlflow_server, mlflow_client, store, pg_post
         resources={
             "mlflow": MlflowResource(tracking_uri=mlflow_server),
             "posts_db": PostsDatabaseResource(url=pg_posts_url),
+            "experiment_settings": ExperimentSettings(),
+            "metrics": MetricsPublisher(),
         },
     )
 

@@ -33,6 +33,7 @@ from ftp_assets.resources import (
     DatasetStorage,
     ExperimentSettings,
     FineTuningSettings,
+    MetricsPublisher,
     MlflowResource,
     PostsDatabaseResource,
     SelfHostedTraining,
@@ -71,6 +72,7 @@ def self_hosted_setup(posts_url: str, mlflow_uri: str, tmp_path: Path) -> tuple[
         "self_hosted_training": SelfHostedTraining(**HYPERPARAMETERS),
         "mlflow": MlflowResource(tracking_uri=mlflow_uri),
         "experiment_settings": ExperimentSettings(),
+        "metrics": MetricsPublisher(),
     }
     return db, resources
 

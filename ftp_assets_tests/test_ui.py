@@ -1,5 +1,5 @@
-"""`ftp-assets ui` serves the Dagster UI (with its daemon), the MLflow UI and the local service over
-FTP_HOME, and stops all of them on Ctrl-C."""
+"""`ftp-assets ui` serves the Dagster UI (with its daemon), the MLflow UI, the local service and
+(when installed) Prometheus with its Pushgateway over FTP_HOME, and stops all of them on Ctrl-C."""
 
 import os
 import signal
@@ -45,8 +45,8 @@ def _alive(pid: int) -> bool:
     return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
 
 
-def test_ui_serves_the_three_services_and_stops_them_on_ctrl_c(tmp_path):
-    ports = {name: _free_port() for name in ("dagster", "mlflow", "openai")}
+def test_ui_serves_the_services_with_prometheus_and_stops_them_on_ctrl_c(tmp_path):
+    ports = {name: _free_port() for name in ("dagster", "mlflow", "openai", "prometheus", "pushgateway")}
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "MLFLOW_TRACKING_URI")}
     command = [
         str(Path(sys.executable).with_name("ftp-assets")),
@@ -57,6 +57,10 @@ def test_ui_serves_the_three_services_and_stops_them_on_ctrl_c(tmp_path):
         str(ports["mlflow"]),
         "--openai-port",
         str(ports["openai"]),
+        "--prometheus-port",
+        str(ports["prometheus"]),
+        "--pushgateway-port",
+        str(ports["pushgateway"]),
     ]
     with open(tmp_path / "ui.log", "wb") as log:
         ui = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -64,15 +68,24 @@ def test_ui_serves_the_three_services_and_stops_them_on_ctrl_c(tmp_path):
         "dagster": f"http://127.0.0.1:{ports['dagster']}/server_info",
         "mlflow": f"http://127.0.0.1:{ports['mlflow']}/health",
         "openai": f"http://127.0.0.1:{ports['openai']}/v1/models",  # 401 without a key: it answers
+        # Debian's packages, which CI installs: the Dagster UI's runs push to this gateway.
+        "prometheus": f"http://127.0.0.1:{ports['prometheus']}/-/ready",
+        "pushgateway": f"http://127.0.0.1:{ports['pushgateway']}/-/ready",
     }
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not all(_status(url) for url in urls.values()):
             assert ui.poll() is None, (tmp_path / "ui.log").read_text()[-2000:]
             time.sleep(1)
-        assert {name: _status(url) for name, url in urls.items()} == {"dagster": 200, "mlflow": 200, "openai": 401}
+        assert {name: _status(url) for name, url in urls.items()} == {
+            "dagster": 200,
+            "mlflow": 200,
+            "openai": 401,
+            "prometheus": 200,
+            "pushgateway": 200,
+        }
         children = _children(ui.pid)
-        assert len(children) == 3
+        assert len(children) == 5
         ui.send_signal(signal.SIGINT)
         assert ui.wait(60) == 0
         assert not [child for child in children if _alive(child)]
@@ -88,7 +101,7 @@ def test_ui_also_serves_the_self_hosted_models_once_the_tiny_base_exists(tmp_pat
 
     texts = [f"Post {i}: five habits that changed my mornings?" for i in range(60)]
     build_tiny_base(texts, isolated_ftp_home / "models" / "tiny-chat-base", pretrain_steps=5, threads=1)
-    ports = {name: _free_port() for name in ("dagster", "mlflow", "openai", "serving")}
+    ports = {name: _free_port() for name in ("dagster", "mlflow", "openai", "serving", "prometheus", "pushgateway")}
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "MLFLOW_TRACKING_URI", "FTP_SERVING_URL")}
     command = [str(Path(sys.executable).with_name("ftp-assets")), "ui"]
     for name, port in ports.items():
@@ -101,7 +114,7 @@ def test_ui_also_serves_the_self_hosted_models_once_the_tiny_base_exists(tmp_pat
         while time.monotonic() < deadline and _status(models) is None:
             assert ui.poll() is None, (tmp_path / "ui.log").read_text()[-2000:]
             time.sleep(1)
-        assert _status(models) == 200 and len(_children(ui.pid)) == 4
+        assert _status(models) == 200 and len(_children(ui.pid)) == 6
         ui.send_signal(signal.SIGINT)
         assert ui.wait(60) == 0
         assert _status(models) is None

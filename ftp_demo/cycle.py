@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from ftp_assets.adapters.metrics import without_credentials
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.domain.dataset import TASKS
 from ftp_assets.home import ftp_home, home_path, installed_command
@@ -128,6 +129,10 @@ def run_demo(
             _openai_cycle(db, service, seed=seed, posts_per_day=daily)
             os.environ.pop("OPENAI_API_KEY")
 
+    gateway = os.environ.get("FTP_PUSHGATEWAY_URL")
+    if gateway:
+        _publish_run_failures(gateway)
+        print(f"Every step pushed its metrics to {without_credentials(gateway)} (docs/observability.md).")
     _say(f"Done in {time.monotonic() - started:.0f} s")
     print(f"State: {home}  (wipe it to start over)")
     print(
@@ -138,6 +143,25 @@ def run_demo(
         "The MLflow UI alone: `"
         + installed_command("mlflow")
         + f" ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'}`"
+    )
+
+
+def _publish_run_failures(gateway: str) -> None:
+    """The run-failure counts, as the metrics_refresh sensor pushes them (the demo runs no
+    daemon), so that every documented metric has the demo's value."""
+    import logging
+
+    from dagster import DagsterInstance
+
+    from ftp_assets.definitions import load_definitions
+    from ftp_assets.observability.sensors import counted_jobs, job_failures
+    from ftp_assets.resources import MetricsPublisher
+    from ftp_assets.steps.failure_notice import run_failure_samples
+
+    jobs = counted_jobs(load_definitions().get_repository_def())
+    instance = DagsterInstance.get()
+    MetricsPublisher(pushgateway_url=gateway).publish(
+        logging.getLogger("ftp_demo"), "runs", None, lambda: run_failure_samples(job_failures(instance, jobs))
     )
 
 

@@ -1,12 +1,13 @@
 """``ftp-assets ui``: the Dagster UI with its daemon, the MLflow UI, (unless OPENAI_API_KEY is set)
 the local OpenAI-compatible service, and (once the self-hosted demo or trainer has built the tiny
 base, unless FTP_SERVING_URL is set) ``ftp-serve`` with its adapters, all over the state in
-FTP_HOME, until Ctrl-C."""
+FTP_HOME, and (when Debian's packages are installed) Prometheus with its Pushgateway, until Ctrl-C."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ from ftp_assets.adapters.endpoints import LOCAL_SERVING_PORT
 from ftp_assets.adapters.mlflow_registry import local_tracking_uri
 from ftp_assets.home import home_path
 from ftp_assets.resources import LOCAL_OPENAI_API_KEY, LOCAL_OPENAI_PORT, TINY_BASE_NAME, SelfHostedTraining
+from ftp_demo import monitoring
+from ftp_demo.monitoring import PROMETHEUS_PORT, PUSHGATEWAY_PORT
 from ftp_local_openai import API_KEY_ENV
 from ftp_trainer.tiny_base import is_complete
 
@@ -31,7 +34,13 @@ def _interrupt(signum, frame):
 
 
 def serve_uis(
-    *, dagster_port: int, mlflow_port: int, openai_port: int = LOCAL_OPENAI_PORT, serving_port: int = LOCAL_SERVING_PORT
+    *,
+    dagster_port: int,
+    mlflow_port: int,
+    openai_port: int = LOCAL_OPENAI_PORT,
+    serving_port: int = LOCAL_SERVING_PORT,
+    prometheus_port: int = PROMETHEUS_PORT,
+    pushgateway_port: int = PUSHGATEWAY_PORT,
 ) -> None:
     # Stop cleanly on Ctrl-C and on SIGTERM, even when started with SIGINT ignored (in the background).
     signal.signal(signal.SIGINT, _interrupt)
@@ -71,12 +80,14 @@ def serve_uis(
             str(serving_port),
         ]
         envs["ftp-serve"] = env
+    monitoring_note = _add_monitoring(commands, envs, env, prometheus_port, pushgateway_port)
     # Each child in its own session: Ctrl-C reaches this process only, which then stops them in
     # order, so none is left running (dagster dev ignores a SIGINT it inherits as ignored).
     children = {
         name: subprocess.Popen(command, env=envs[name], start_new_session=True) for name, command in commands.items()
     }
     print(f"Dagster UI: http://127.0.0.1:{dagster_port}   MLflow UI: http://127.0.0.1:{mlflow_port}   (Ctrl-C stops)")
+    print(monitoring_note)
     try:
         while all(child.poll() is None for child in children.values()):
             time.sleep(0.5)
@@ -86,6 +97,41 @@ def serve_uis(
         pass
     finally:
         _stop(children)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _add_monitoring(
+    commands: dict[str, list[str]],
+    envs: dict[str, dict[str, str]],
+    env: dict[str, str],
+    prometheus_port: int,
+    pushgateway_port: int,
+) -> str:
+    """Prometheus and its Pushgateway when Debian's packages are installed and their ports are
+    free; the Dagster UI's runs then push to that gateway (unless FTP_PUSHGATEWAY_URL says
+    otherwise). Returns the line to print about them."""
+    ports = {"Pushgateway": pushgateway_port, "Prometheus": prometheus_port}
+    try:
+        found = monitoring.commands(
+            home_path("monitoring"), pushgateway_port=pushgateway_port, prometheus_port=prometheus_port
+        )
+    except FileNotFoundError as missing:
+        return f"No Prometheus: {missing} (docs/observability.md)"
+    busy = [f"{name} ({port})" for name, port in ports.items() if not _port_free(port)]
+    if busy:
+        return f"No Prometheus started: the port of {' and '.join(busy)} is taken (docs/observability.md)."
+    commands.update(found)
+    envs.update({name: env for name in found})
+    gateway = os.environ.get("FTP_PUSHGATEWAY_URL") or f"http://127.0.0.1:{pushgateway_port}"
+    envs["Dagster"] = {**envs["Dagster"], "FTP_PUSHGATEWAY_URL": gateway}
+    return (
+        f"Prometheus: http://127.0.0.1:{prometheus_port}   Pushgateway: http://127.0.0.1:{pushgateway_port} "
+        f"(runs push to {gateway})"
+    )
 
 
 def _stop(children: dict[str, subprocess.Popen]) -> None:

@@ -186,6 +186,16 @@ def _experiment_row(experiment: Experiment) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class ExperimentOutcome:
+    """An experiment's status and moments, without its plan (the task's history)."""
+
+    experiment_id: str
+    status: str
+    started_at: datetime
+    decided_at: datetime | None
+
+
+@dataclass(frozen=True)
 class LookRecord:
     """One recorded look of a planned experiment (a row of ``ftp_experiment_looks``)."""
 
@@ -316,6 +326,22 @@ class ExperimentStore:
                 sa.select(experiments).where(experiments.c.status == RUNNING).order_by(experiments.c.task)
             )
         return [_experiment(row) for row in rows]
+
+    def history(self, task: str) -> list[ExperimentOutcome]:
+        """The task's experiments, oldest first: what each ended as, and when (the metrics' totals)."""
+        columns = (
+            experiments.c.experiment_id,
+            experiments.c.status,
+            experiments.c.started_at,
+            experiments.c.decided_at,
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(*columns)
+                .where(experiments.c.task == task)
+                .order_by(experiments.c.started_at, experiments.c.experiment_id)
+            )
+            return [ExperimentOutcome(**row._asdict()) for row in rows]
 
     def get(self, experiment_id: str) -> Experiment | None:
         with self.engine.connect() as conn:

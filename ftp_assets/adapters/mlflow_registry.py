@@ -389,6 +389,35 @@ def _per_step_metrics(step_metrics: Iterable[Mapping[str, Any]], timestamp_ms: i
                 yield Metric(key, float(value), timestamp_ms, step)
 
 
+def fine_tuning_costs(client: MlflowClient, task: str) -> dict[str, float]:
+    """What the task's fine-tuning jobs recorded in MLflow cost, per provider, each job once (a
+    retry that found its finished job again records another run of the same job)."""
+    model_name(task)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:
+        return {}
+    costs: dict[str, float] = {}
+    seen_jobs: set[str] = set()
+    page_token = None
+    while True:
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.task = '{task}' and attributes.status = 'FINISHED'",
+            max_results=1000,
+            page_token=page_token,
+        )
+        for run in runs:
+            job_id, cost = run.data.params.get("job_id"), run.data.metrics.get("cost_usd")
+            if job_id is None or cost is None or job_id in seen_jobs:
+                continue
+            seen_jobs.add(job_id)
+            provider = run.data.params.get("provider", "unknown")
+            costs[provider] = costs.get(provider, 0.0) + cost
+        page_token = runs.token
+        if not page_token:
+            return costs
+
+
 def _experiment_id(client: MlflowClient) -> str:
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is not None:

@@ -17,7 +17,7 @@ from pydantic import Field
 from ftp_assets.adapters.posts_db import DEFAULT_WINDOW_DAYS, PostsDatabaseError, SelectionRule, Window
 from ftp_assets.metadata import counts_table, preview_table
 from ftp_assets.partitions import task_partitions
-from ftp_assets.resources import DatasetStorage, PostsDatabaseResource
+from ftp_assets.resources import DatasetStorage, MetricsPublisher, PostsDatabaseResource
 from ftp_assets.run_context import configured_instant
 from ftp_assets.steps.data_path import (
     DatasetOptions,
@@ -26,6 +26,7 @@ from ftp_assets.steps.data_path import (
     build_training_files,
     collect_engaged_posts,
 )
+from ftp_assets.steps.loop_metrics import selection_samples
 
 
 class EngagedPostsConfig(Config):
@@ -66,6 +67,7 @@ def engaged_posts(
     config: EngagedPostsConfig,
     posts_db: PostsDatabaseResource,
     dataset_storage: DatasetStorage,
+    metrics: MetricsPublisher,
 ) -> Output[EngagedPosts]:
     _check_config(config)
     task = context.partition_key
@@ -93,6 +95,7 @@ def engaged_posts(
             f"({result.funnel['in_window']} posts in the window)."
         )
     result = replace(result, shared_folder=dataset_storage.publish(folder, result.path))
+    metrics.publish(context.log, "selection", task, lambda: selection_samples(result))
     return Output(
         result,
         metadata={

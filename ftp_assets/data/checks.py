@@ -1,14 +1,23 @@
 """Checks on ``training_jsonl``: the blocking ones stop a bad file before any paid training."""
 
+from functools import partial
 from pathlib import Path
 
-from dagster import AssetCheckResult, AssetCheckSeverity, Config, MetadataValue, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    Config,
+    MetadataValue,
+    asset_check,
+)
 
 from ftp_assets.data.assets import training_jsonl
 from ftp_assets.domain.checks import duplicate_rate, invalid_lines
 from ftp_assets.partitions import task_partitions
-from ftp_assets.resources import DatasetStorage
+from ftp_assets.resources import DatasetStorage, MetricsPublisher
 from ftp_assets.steps.data_path import TrainingDataset
+from ftp_assets.steps.loop_metrics import dataset_samples
 
 
 def _local_files(dataset: TrainingDataset, storage: DatasetStorage) -> list[Path]:
@@ -27,9 +36,18 @@ class EnoughExamplesConfig(Config):
     partitions_def=task_partitions,
     description="Enough examples to fine-tune on; below it no training starts.",
 )
-def enough_examples(config: EnoughExamplesConfig, training_jsonl: TrainingDataset) -> AssetCheckResult:
+def enough_examples(
+    context: AssetCheckExecutionContext,
+    config: EnoughExamplesConfig,
+    training_jsonl: TrainingDataset,
+    metrics: MetricsPublisher,
+) -> AssetCheckResult:
+    passed = training_jsonl.examples >= config.min_examples
+    # The dataset's metrics go with the verdict: the alert on short training data reads both.
+    samples = partial(dataset_samples, training_jsonl, minimum_examples=config.min_examples, sufficient=passed)
+    metrics.publish(context.log, "dataset", training_jsonl.task, samples)
     return AssetCheckResult(
-        passed=training_jsonl.examples >= config.min_examples,
+        passed=passed,
         severity=AssetCheckSeverity.ERROR,
         metadata={"examples": training_jsonl.examples, "min_examples": config.min_examples},
     )

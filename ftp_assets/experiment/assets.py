@@ -27,6 +27,7 @@ from ftp_assets.partitions import task_partitions
 from ftp_assets.resources import (
     DatasetStorage,
     ExperimentSettings,
+    MetricsPublisher,
     MlflowResource,
     PostsDatabaseResource,
     SelfHostedTraining,
@@ -70,6 +71,7 @@ def ab_experiment(
     experiment_settings: ExperimentSettings,
     serving: ServingEndpoints,
     dataset_storage: DatasetStorage,
+    metrics: MetricsPublisher,
 ) -> Output[StartedExperiment]:
     task = context.partition_key
     # The gate asks prompts the model never trained on; a run in another pod fetches the file.
@@ -106,6 +108,7 @@ def ab_experiment(
             )
         except (ExperimentError, EndpointsError) as error:
             raise Failure(str(error)) from None
+    metrics.publish_experiments(context.log, posts_db.experiments(), task, experiment_settings)
     extra: dict[str, Any] = {}
     # The running experiment's own plan: starting the same challenger again keeps the first one.
     running = posts_db.experiments().get(started.experiment_id) if started.experiment_id else None
@@ -173,6 +176,7 @@ def ab_test_result(
     config: AbTestConfig,
     posts_db: PostsDatabaseResource,
     experiment_settings: ExperimentSettings,
+    metrics: MetricsPublisher,
 ) -> Output[AbTestResult]:
     task = context.partition_key
     settings = experiment_settings
@@ -184,6 +188,7 @@ def ab_test_result(
         )
     except ExperimentError as error:
         raise Failure(str(error)) from None
+    metrics.publish_experiments(context.log, posts_db.experiments(), task, settings)
     result = evaluation.result
     common: dict[str, Any] = {
         "decision": result.decision,
@@ -293,6 +298,8 @@ def registered_model(
     posts_db: PostsDatabaseResource,
     serving: ServingEndpoints,
     self_hosted_training: SelfHostedTraining,
+    experiment_settings: ExperimentSettings,
+    metrics: MetricsPublisher,
 ) -> Output[RegisteredModel]:
     store = posts_db.experiments()
     adapters_root = self_hosted_training.adapters_root()
@@ -321,6 +328,9 @@ def registered_model(
         except ExperimentError as error:
             raise Failure(str(error)) from None
     context.log.info(note)
+    task = context.partition_key
+    metrics.publish_experiments(context.log, store, task, experiment_settings)
+    metrics.publish_registry(context.log, mlflow.client(), store, task)
     return Output(
         registered,
         metadata={

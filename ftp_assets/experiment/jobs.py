@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job, job, op
 from pydantic import Field
 
-from ftp_assets.resources import MlflowResource, PostsDatabaseResource
+from ftp_assets.resources import ExperimentSettings, MetricsPublisher, MlflowResource, PostsDatabaseResource
 from ftp_assets.steps.experiment import rollback_champion_of
 
 experiment_evaluation = define_asset_job(
@@ -26,11 +26,19 @@ class RollbackConfig(Config):
     "experiment, whose control arm was the demoted champion; returns what was done."
 )
 def rollback_champion(
-    context: OpExecutionContext, config: RollbackConfig, mlflow: MlflowResource, posts_db: PostsDatabaseResource
+    context: OpExecutionContext,
+    config: RollbackConfig,
+    mlflow: MlflowResource,
+    posts_db: PostsDatabaseResource,
+    experiment_settings: ExperimentSettings,
+    metrics: MetricsPublisher,
 ) -> str:
+    store = posts_db.experiments()
     with mlflow.errors():
-        done = rollback_champion_of(mlflow.client(), posts_db.experiments(), config.task, now=datetime.now(UTC))
+        done = rollback_champion_of(mlflow.client(), store, config.task, now=datetime.now(UTC))
     context.log.info(done)
+    metrics.publish_experiments(context.log, store, config.task, experiment_settings)
+    metrics.publish_registry(context.log, mlflow.client(), store, config.task)
     return done
 
 

@@ -5,11 +5,14 @@ OpenAI's polling provider or the self-hosted trainer (FTP_PROVIDER)."""
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from dagster import AssetExecutionContext, Failure, Output, asset
 from dagster_openai import OpenAIResource
 
+from ftp_assets.adapters.metrics import Sample
+from ftp_assets.adapters.mlflow_registry import fine_tuning_costs
 from ftp_assets.adapters.posts_db import redacted
 from ftp_assets.adapters.providers.base import FineTuningError
 from ftp_assets.adapters.providers.openai_provider import OpenAIFineTuningProvider
@@ -18,12 +21,14 @@ from ftp_assets.partitions import task_partitions
 from ftp_assets.resources import (
     DatasetStorage,
     FineTuningSettings,
+    MetricsPublisher,
     MlflowResource,
     PostsDatabaseResource,
     SelfHostedTraining,
 )
 from ftp_assets.steps.data_path import TrainingDataset
 from ftp_assets.steps.fine_tune import FineTunedModel, FineTuneOptions, ProviderTrainer, Trainer, fine_tune
+from ftp_assets.steps.loop_metrics import spend_samples, training_samples
 from ftp_assets.training.self_hosted import SelfHostedTrainer
 
 
@@ -44,6 +49,7 @@ def fine_tuned_model(
     mlflow: MlflowResource,
     posts_db: PostsDatabaseResource,
     dataset_storage: DatasetStorage,
+    metrics: MetricsPublisher,
 ) -> Output[FineTunedModel]:
     task = context.partition_key
     # A retry in another pod fetches the files that training_jsonl left in shared storage.
@@ -69,12 +75,24 @@ def fine_tuned_model(
             with openai.get_client(context) as client:
                 yield ProviderTrainer(OpenAIFineTuningProvider(client), jobs, options, context.log.info), options
 
+    def publish_spend() -> None:
+        # Before the job too: a first job's cost must be an increase from 0 to be counted.
+        def samples() -> list[Sample]:
+            costs = fine_tuning_costs(mlflow.client(), task)
+            return spend_samples(costs, provider=fine_tuning.provider, weekly_budget_usd=fine_tuning.weekly_budget_usd)
+
+        metrics.publish(context.log, "spend", task, samples)
+
+    publish_spend()
     with chosen_trainer() as (trainer, options), mlflow.errors():
         try:
             trained = fine_tune(trainer, mlflow.client(), dataset, options, dagster_run_id=context.run.run_id)
         except FineTuningError as error:
             raise Failure(str(error)) from None
     model, result = trained.model, trained.result
+    finished_at = datetime.now(UTC)
+    metrics.publish(context.log, "training", task, lambda: training_samples(trained, finished_at=finished_at))
+    publish_spend()
     metadata: dict[str, Any] = {
         "provider": trained.provider,
         "base_model": model.base_model,
