@@ -22,8 +22,8 @@ from ftp_assets.adapters.metrics import CATALOGUE, METRICS, MetricsError, Sample
 from ftp_assets.adapters.mlflow_registry import local_tracking_uri, model_name
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.data.assets import engaged_posts, training_jsonl
-from ftp_assets.data.checks import enough_examples, low_duplicate_rate, valid_format
-from ftp_assets.experiment.assets import ab_experiment, ab_test_result, registered_model
+from ftp_assets.data.checks import enough_examples
+from ftp_assets.experiment.assets import ab_test_result, registered_model
 from ftp_assets.observability.sensors import metrics_refresh
 from ftp_assets.resources import (
     DatasetStorage,
@@ -36,23 +36,13 @@ from ftp_assets.resources import (
 )
 from ftp_assets.settings import DeploymentSettings
 from ftp_assets.steps.loop_metrics import rejected_in_a_row
-from ftp_assets.training.assets import fine_tuned_model
 from ftp_assets_tests.corpus import WINDOW_END, clean_posts
 from ftp_assets_tests.fixtures.prometheus import query, query_until, values
+from ftp_assets_tests.test_pipeline import TRAINING, WINDOW
 from ftp_demo.live_week import simulate_posts
 from ftp_demo.monitoring import free_port, pushgateway_binary
 from ftp_demo.posts import generate_demo_posts
 
-TRAINING = [
-    engaged_posts,
-    training_jsonl,
-    enough_examples,
-    valid_format,
-    low_duplicate_rate,
-    fine_tuned_model,
-    ab_experiment,
-]
-WINDOW = {"ops": {"engaged_posts": {"config": {"window_end": WINDOW_END.isoformat()}}}}
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "observability.md"
 
 
