@@ -5,6 +5,7 @@ FTP_HOME, and (when Debian's packages are installed) Prometheus with its Pushgat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from ftp_local_openai import API_KEY_ENV
 from ftp_trainer.tiny_base import is_complete
 
 STOP_TIMEOUT_S = 20
+MONITORS = ("Pushgateway", "Prometheus")
 
 
 def _bin(name: str) -> str:
@@ -83,9 +85,21 @@ def serve_uis(
     monitoring_note = _add_monitoring(commands, envs, env, prometheus_port, pushgateway_port)
     # Each child in its own session: Ctrl-C reaches this process only, which then stops them in
     # order, so none is left running (dagster dev ignores a SIGINT it inherits as ignored).
-    children = {
-        name: subprocess.Popen(command, env=envs[name], start_new_session=True) for name, command in commands.items()
-    }
+    with contextlib.ExitStack() as files:
+        # Prometheus and its gateway log every start-up step: to files beside their state (each
+        # child keeps its own descriptor once started).
+        folder = home_path("monitoring")
+        logs = {
+            name: files.enter_context(open(folder / f"{name.lower()}.log", "ab"))
+            for name in MONITORS
+            if name in commands
+        }
+        children = {
+            name: subprocess.Popen(
+                command, env=envs[name], start_new_session=True, stdout=logs.get(name), stderr=logs.get(name)
+            )
+            for name, command in commands.items()
+        }
     print(f"Dagster UI: http://127.0.0.1:{dagster_port}   MLflow UI: http://127.0.0.1:{mlflow_port}   (Ctrl-C stops)")
     print(monitoring_note)
     try:
@@ -130,7 +144,7 @@ def _add_monitoring(
     envs["Dagster"] = {**envs["Dagster"], "FTP_PUSHGATEWAY_URL": gateway}
     return (
         f"Prometheus: http://127.0.0.1:{prometheus_port}   Pushgateway: http://127.0.0.1:{pushgateway_port} "
-        f"(runs push to {gateway})"
+        f"(runs push to {gateway}; logs in {home_path('monitoring')})"
     )
 
 
