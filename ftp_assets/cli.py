@@ -154,7 +154,7 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     metrics = MetricsPublisher(pushgateway_url=settings.pushgateway_url)
     log = logging.getLogger("ftp_assets.rollback")
     metrics.publish_experiments(log, experiments, args.task, ExperimentSettings())
-    metrics.publish_registry(log, mlflow.client(), experiments, args.task)
+    metrics.publish_registry(log, mlflow, experiments, args.task)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:

@@ -833,7 +833,7 @@ def check_automation(context: _Context) -> list[Check]:
 def check_observability(context: _Context) -> list[Check]:
     """The Pushgateway answers (a GET of its readiness: nothing is pushed), and whether failures
     are notified. Neither gates a run, so neither is a failure (docs/observability.md)."""
-    from ftp_assets.adapters.metrics import readiness, without_credentials
+    from ftp_assets.adapters.metrics import readiness
 
     settings = context.settings
     gateway = settings.pushgateway_url
@@ -841,7 +841,7 @@ def check_observability(context: _Context) -> list[Check]:
         fix = "set FTP_PUSHGATEWAY_URL to the Pushgateway your Prometheus scrapes (docs/observability.md)."
         metrics = Check("metrics", WARN if settings.production else OK, "FTP_PUSHGATEWAY_URL is unset: no metrics", fix)
     else:
-        where = without_credentials(gateway)
+        where = redacted(gateway)
         problem = readiness(gateway)
         if problem:
             fix = "start the Pushgateway, or correct FTP_PUSHGATEWAY_URL; until then the runs log a warning."

@@ -21,8 +21,6 @@ from ftp_assets.steps.fine_tune import FineTuneOptions
 from ftp_assets.steps.loop_metrics import experiment_samples, registry_samples
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
-
     from ftp_assets.adapters.endpoints import Endpoint
     from ftp_assets.adapters.experiments_store import ExperimentStore
     from ftp_assets.adapters.fine_tuning_jobs import FineTuningJobStore
@@ -482,13 +480,13 @@ class MetricsPublisher(ConfigurableResource):
             log, "experiment", task, lambda: experiment_samples(store, task, legacy_max_duration=legacy_max_duration)
         )
 
-    def publish_registry(self, log: Any, client: MlflowClient, store: ExperimentStore, task: str) -> None:
+    def publish_registry(self, log: Any, mlflow: MlflowResource, store: ExperimentStore, task: str) -> None:
         """The task's champion in the registry and its last promotion (after a decision or a rollback)."""
 
         def samples() -> list[Sample]:
             from ftp_assets.adapters.mlflow_registry import champion
 
-            version = champion(client, task)
+            version = champion(mlflow.client(), task)
             return registry_samples(None if version is None else str(version.version), store.history(task))
 
         self.publish(log, "registry", task, samples)

@@ -3,20 +3,15 @@ for every documented metric, per task, with the demo's own figures."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import sqlalchemy as sa
 
 from ftp_assets.adapters.experiments_store import ExperimentStore
 from ftp_assets.adapters.metrics import CATALOGUE
 from ftp_assets.domain.dataset import TASKS
+from ftp_assets_tests.demo_run import demo_environment, run_demo
 from ftp_assets_tests.fixtures.prometheus import query, query_until, values
 
-FTP_COMMAND = Path(sys.executable).with_name("ftp-assets")
 # Only after a failed run, and the demo's runs succeed.
 ONLY_AFTER_A_FAILURE = {"ftp_run_last_failure_timestamp_seconds"}
 # The demo's experiments are decided by its end: these held while they ran.
@@ -29,20 +24,9 @@ WHILE_RUNNING = {
 
 @pytest.mark.slow
 def test_after_the_demo_prometheus_answers_for_every_documented_metric(monitoring, tmp_path):
-    environment = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("FTP_", "OPENAI_", "MLFLOW_", "DAGSTER_"))
-    }
     home = tmp_path / "home"
-    environment |= {"FTP_HOME": str(home), "FTP_PUSHGATEWAY_URL": monitoring.pushgateway_url}
-    demo = subprocess.run(
-        [str(FTP_COMMAND), "demo", "--posts", "2000", "--seed", "11"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    environment = demo_environment(home, FTP_PUSHGATEWAY_URL=monitoring.pushgateway_url)
+    demo = run_demo(environment, "--posts", "2000", "--seed", "11")
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert f"pushed its metrics to {monitoring.pushgateway_url}" in demo.stdout
     assert "were not pushed" not in demo.stdout + demo.stderr

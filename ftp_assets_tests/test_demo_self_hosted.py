@@ -4,37 +4,20 @@ path leaves them."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from mlflow import MlflowClient
 
 from ftp_assets.adapters.mlflow_registry import local_tracking_uri, model_name
 from ftp_assets.domain.dataset import TASKS
-
-FTP_COMMAND = Path(sys.executable).with_name("ftp-assets")
+from ftp_assets_tests.demo_run import demo_environment, run_demo
 
 
 @pytest.mark.slow
 def test_the_self_hosted_demo_decides_and_records_its_decisions_in_dagster_and_mlflow(tmp_path):
     home = tmp_path / "home"
-    environment = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("FTP_", "OPENAI_", "MLFLOW_", "DAGSTER_"))
-    }
-    environment["FTP_HOME"] = str(home)
-    demo = subprocess.run(
-        [str(FTP_COMMAND), "demo", "--provider", "self_hosted", "--seed", "11"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    environment = demo_environment(home)
+    demo = run_demo(environment, "--provider", "self_hosted", "--seed", "11", timeout=900)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "passed the readiness gate" in demo.stdout
 

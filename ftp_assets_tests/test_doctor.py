@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,12 +26,12 @@ from ftp_assets.adapters.mlflow_registry import CHALLENGER, log_fine_tune_run, m
 from ftp_assets.adapters.posts_db import PostsDatabase
 from ftp_assets.doctor import FAIL, OK, WARN, Check, format_line, has_failure, load_settings, run_checks
 from ftp_assets.resources import ExperimentSettings
+from ftp_assets_tests.demo_run import FTP_COMMAND, demo_environment, run_demo
 from ftp_assets_tests.fixtures.s3 import moto_bucket
 from ftp_demo.posts import generate_demo_posts
 
 ROOT = Path(__file__).resolve().parents[1]
 READER_PASSWORD = "rdr-PW-7c41e09b"
-FTP_COMMAND = Path(sys.executable).with_name("ftp-assets")
 
 
 def unused_port() -> int:
@@ -412,19 +411,8 @@ def test_no_secret_is_printed_even_on_failure_paths(healthy, monkeypatch, capsys
 def test_doctor_passes_on_the_state_the_demo_leaves(tmp_path):
     """`make demo`, then `ftp-assets doctor` with nothing else set: no failure (the local service
     is not running then: a warning saying `make ui`)."""
-    environment = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("FTP_", "OPENAI_", "MLFLOW_", "DAGSTER_"))
-    }
-    environment["FTP_HOME"] = str(tmp_path / "home")
-    demo = subprocess.run(
-        [str(FTP_COMMAND), "demo", "--posts", "2000", "--seed", "11"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    environment = demo_environment(tmp_path / "home")
+    demo = run_demo(environment, "--posts", "2000", "--seed", "11")
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert "Next: `make ui`" in demo.stdout
     doctor = subprocess.run([str(FTP_COMMAND), "doctor"], env=environment, capture_output=True, text=True, timeout=120)

@@ -12,15 +12,14 @@ import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import openai
 import pytest
 from dagster import Definitions, build_sensor_context, instance_for_test, job, materialize, op
 from dagster_openai import OpenAIResource
 
 from ftp_assets.adapters.experiments_store import ExperimentOutcome, ExperimentStore
-from ftp_assets.adapters.metrics import CATALOGUE, METRICS, MetricsError, Sample, push, readiness, without_credentials
+from ftp_assets.adapters.metrics import CATALOGUE, METRICS, MetricsError, Sample, push, readiness
 from ftp_assets.adapters.mlflow_registry import local_tracking_uri, model_name
-from ftp_assets.adapters.posts_db import PostsDatabase
+from ftp_assets.adapters.posts_db import PostsDatabase, redacted
 from ftp_assets.data.assets import engaged_posts, training_jsonl
 from ftp_assets.data.checks import enough_examples
 from ftp_assets.experiment.assets import ab_test_result, registered_model
@@ -38,8 +37,7 @@ from ftp_assets.settings import DeploymentSettings
 from ftp_assets.steps.loop_metrics import rejected_in_a_row
 from ftp_assets_tests.corpus import WINDOW_END, clean_posts
 from ftp_assets_tests.fixtures.prometheus import query, query_until, values
-from ftp_assets_tests.test_pipeline import TRAINING, WINDOW
-from ftp_demo.live_week import simulate_posts
+from ftp_assets_tests.test_pipeline import TRAINING, WINDOW, write_experiment_posts
 from ftp_demo.monitoring import free_port, pushgateway_binary
 from ftp_demo.posts import generate_demo_posts
 
@@ -138,21 +136,8 @@ def test_a_cycle_and_an_evaluation_publish_their_figures_to_prometheus(
 
         # The agent's posts during the experiment, then a look that sees them (the experiment
         # stays running until registered_model acts on the decision).
-        client_api = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key)
-        body_arm = running.__class__(**{**running.__dict__, "task": "body", "challenger_model": running.champion_model})
         start = running.started_at
-        db.insert_posts(
-            simulate_posts(
-                {"openai": client_api},
-                {"hook": running, "body": body_arm},
-                start=start,
-                end=start + timedelta(days=3),
-                posts=1_500,
-                first_id=10_000,
-                seed=1,
-                workers=4,
-            )
-        )
+        write_experiment_posts(db, local_openai, running)
         evaluated_at = {
             "ops": {"ab_test_result": {"config": {"evaluated_at": (start + timedelta(days=4)).isoformat()}}}
         }
@@ -358,7 +343,7 @@ def test_a_gateway_behind_basic_auth_gets_the_urls_user_and_password_and_never_s
     assert push(url, "selection", "hook", [Sample("ftp_posts_selected", 42)]) == ""
     refused = push(url.replace("pa%20ss", "wrong"), "selection", "hook", [Sample("ftp_posts_selected", 1)])
     assert "401" in refused and "wrong" not in refused and "pusher" not in refused
-    request = urllib.request.Request(without_credentials(url) + "/metrics")
+    request = urllib.request.Request(redacted(url) + "/metrics")
     request.add_header("Authorization", "Basic " + base64.b64encode(b"pusher:pa ss").decode())
     with urllib.request.urlopen(request, timeout=5) as answer:
         exposed = answer.read().decode()

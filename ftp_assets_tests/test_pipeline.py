@@ -2,6 +2,7 @@
 OpenAI-compatible service over HTTP, an MLflow tracking server over HTTP, and Dagster's
 ``materialize`` on a test instance."""
 
+import dataclasses
 from datetime import timedelta
 
 import openai
@@ -99,21 +100,8 @@ def test_training_then_experiment_then_promotion(cycle, local_openai, mlflow_cli
     assert (running.champion_model, running.challenger_model) == (DEMO_AGENT_MODEL, model.model_id)
 
     # The agent writes posts during the experiment; the simulated audience reacts.
-    body_arm = running.__class__(**{**running.__dict__, "task": "body", "challenger_model": DEMO_AGENT_MODEL})
-    client_api = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key)
     start = running.started_at
-    db.insert_posts(
-        simulate_posts(
-            {"openai": client_api},
-            {"hook": running, "body": body_arm},
-            start=start,
-            end=start + timedelta(days=3),
-            posts=1_500,
-            first_id=10_000,
-            seed=1,
-            workers=4,
-        )
-    )
+    write_experiment_posts(db, local_openai, running)
     assert _evaluate(resources, instance, start + timedelta(hours=1)).output_for_node("ab_test_result").decision == (
         "continue"
     )  # an early look with no matured post yet
@@ -208,6 +196,26 @@ def test_too_few_examples_never_starts_a_job(cycle, local_openai):
     assert "fine_tuned_model" not in executed
     jobs = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key).fine_tuning.jobs.list()
     assert jobs.data == []
+
+
+def write_experiment_posts(db, local_openai, running) -> None:
+    """Three days of the agent's posts after the hook experiment started, routed by it (the body
+    task serves the champion only), as the simulated audience reacts to them."""
+    body_arm = dataclasses.replace(running, task="body", challenger_model=running.champion_model)
+    client_api = openai.OpenAI(base_url=local_openai.base_url, api_key=local_openai.api_key)
+    start = running.started_at
+    db.insert_posts(
+        simulate_posts(
+            {"openai": client_api},
+            {"hook": running, "body": body_arm},
+            start=start,
+            end=start + timedelta(days=3),
+            posts=1_500,
+            first_id=10_000,
+            seed=1,
+            workers=4,
+        )
+    )
 
 
 def _train(resources, instance, task="hook", **run_config):

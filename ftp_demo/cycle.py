@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from ftp_assets.adapters.metrics import without_credentials
-from ftp_assets.adapters.posts_db import PostsDatabase
+from ftp_assets.adapters.posts_db import PostsDatabase, redacted
 from ftp_assets.domain.dataset import TASKS
 from ftp_assets.home import ftp_home, home_path, installed_command
 from ftp_demo.posts import SYNTHETIC_DATA_NOTICE, generate_demo_posts
@@ -132,7 +131,7 @@ def run_demo(
     gateway = os.environ.get("FTP_PUSHGATEWAY_URL")
     if gateway:
         _publish_run_failures(gateway)
-        print(f"Every step pushed its metrics to {without_credentials(gateway)} (docs/observability.md).")
+        print(f"Every step pushed its metrics to {redacted(gateway)} (docs/observability.md).")
     _say(f"Done in {time.monotonic() - started:.0f} s")
     print(f"State: {home}  (wipe it to start over)")
     print(

@@ -20,18 +20,19 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CollectorRegistry, push_to_gateway
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.registry import Collector
 
+from ftp_assets.adapters.posts_db import redacted
+
 PUSH_JOB = "ftp_assets"
 # The label every per-task metric carries (from the grouping key) and the stages that push.
 TASK_LABEL = "task"
 Stage = Literal["selection", "dataset", "spend", "training", "experiment", "registry", "runs"]
-STAGES: tuple[Stage, ...] = ("selection", "dataset", "spend", "training", "experiment", "registry", "runs")
 
 
 @dataclass(frozen=True)
@@ -335,21 +336,15 @@ def url_problem(url: str) -> str:
     return ""
 
 
-def without_credentials(url: str) -> str:
-    """The URL as it may be shown: no user or password."""
-    return _split_credentials(url)[0]
-
-
 def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
-    """The URL without its user and password, and them (unquoted), for HTTP basic auth."""
+    """The URL as it may be shown (:func:`redacted`: no user, password or query), and its user and
+    password (unquoted) for HTTP basic auth. Only called on URLs that :func:`url_problem` passed."""
     if "://" not in url:
         url = f"http://{url}"  # prometheus-client's own default for "host:port"
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
-        return url, None, None
-    # The host and port as written (a malformed port is push's to report, not this split's).
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=netloc)), unquote(parts.username or ""), unquote(parts.password or "")
+        return redacted(url), None, None
+    return redacted(url), unquote(parts.username or ""), unquote(parts.password or "")
 
 
 def push(gateway_url: str, stage: Stage, task: str | None, samples: Iterable[Sample], *, timeout_s: float = 5.0) -> str:

@@ -330,7 +330,7 @@ def registered_model(
     context.log.info(note)
     task = context.partition_key
     metrics.publish_experiments(context.log, store, task, experiment_settings)
-    metrics.publish_registry(context.log, mlflow.client(), store, task)
+    metrics.publish_registry(context.log, mlflow, store, task)
     return Output(
         registered,
         metadata={

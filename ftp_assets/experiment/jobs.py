@@ -38,7 +38,7 @@ def rollback_champion(
         done = rollback_champion_of(mlflow.client(), store, config.task, now=datetime.now(UTC))
     context.log.info(done)
     metrics.publish_experiments(context.log, store, config.task, experiment_settings)
-    metrics.publish_registry(context.log, mlflow.client(), store, config.task)
+    metrics.publish_registry(context.log, mlflow, store, config.task)
     return done
 
 

@@ -233,7 +233,7 @@ def metrics_refresh(settings: DeploymentSettings) -> SensorDefinition:
             return SkipReason("Published the run-failure counts only.")
         for task in TASKS:
             metrics.publish_experiments(context.log, store, task, experiment_settings)
-            metrics.publish_registry(context.log, mlflow.client(), store, task)
+            metrics.publish_registry(context.log, mlflow, store, task)
         return SkipReason(
             f"Published the run-failure counts and the {', '.join(TASKS)} experiment and registry metrics."
         )
