@@ -5,16 +5,19 @@
 
 The generative model (``ftp_demo.ab_simulation.PostModel``: a fixed weekly schedule of 20,000
 posts, five personas with different baselines, a weekday and hour pattern, heavy-tailed
-impressions, 24 h maturity) is printed first with all its parameters. Then, for the model with
-persona effects and the one without, each with its 95% Wilson interval, the median posts (in the
-deciding look's analysis) and hours to a decision, and the median variance reduction of the
-regression adjustment at the deciding look:
+impressions, 24 h maturity) is printed first with all its parameters. It runs in three variants:
+with persona effects (the harder one); without them; and without them at the issue's reference
+noise (``PostModel.at_reference_noise``: quieter posts, so that one fixed-horizon look at 10% has
+the 82% power at +5% the issue measured), the model the ramp target is judged on. Then, each with
+its 95% Wilson interval, the median posts (in the deciding look's analysis) and hours to a
+decision, and the median variance reduction of the regression adjustment at the deciding look:
 
 - false promotions in A/A experiments at 10 planned looks and at 50 irregular looks, for today's
   rule (``analyze`` + ``decide``: two-sided 5% always-valid interval, fixed 10% share), the planned
   design at a fixed 10% share (``analyze_looks``, group-sequential, one-sided 2.5%) and the planned
   design ramping 10% → 50% with CUPED covariates; the same ``--experiments`` A/A experiments at
-  both look schedules;
+  both look schedules (for the reference model and the one with persona effects, which bracket
+  the one between them in noise; the 15 minutes hold two models' A/A);
 - power at a true +3%, +5% and +10% lift (10 planned looks) for the same three, and two ceilings
   on the same experiments: one fixed-horizon look at the deadline's sample of the 10% share, and
   one at the deadline on the ramped design's own data (its phases, its adjusted estimator);
@@ -48,6 +51,7 @@ from ftp_demo.ab_simulation import (
     FIXED_SHARE,
     RAMPED_ADJUSTED,
     RAMPED_CEILING,
+    REFERENCE_FIXED_HORIZON_POWER,
     RULES,
     TODAY,
     PostModel,
@@ -59,6 +63,13 @@ from ftp_demo.ab_simulation import (
 )
 
 AA_10, AA_50 = "A/A, 10 planned looks", "A/A, 50 irregular looks"
+REFERENCE, NO_PERSONAS, PERSONAS = "no persona, quiet posts", "without persona effects", "with persona effects"
+MODELS = {
+    REFERENCE: PostModel.at_reference_noise(),
+    NO_PERSONAS: PostModel().without_persona_effects(),
+    PERSONAS: PostModel(),
+}
+AA_MODELS = (REFERENCE, PERSONAS)
 LIFTS = (0.03, 0.05, 0.10)
 AA_EXPERIMENTS = 10_000  # the issue's minimum per A/A setting
 POWER_EXPERIMENTS = 2_000  # per power setting (lift and model)
@@ -81,11 +92,15 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
 
-    models = {"with persona effects": PostModel(), "without persona effects": PostModel().without_persona_effects()}
     print("THE GENERATIVE MODEL (ftp_demo/ab_simulation.py documents every parameter)")
-    for line in models["with persona effects"].describe():
+    for line in MODELS[PERSONAS].describe():
         print(f"  {line}")
-    print(f"  without persona effects: every persona at {models['without persona effects'].persona_rates[0]:.4g}")
+    print(f"  {NO_PERSONAS}: every persona at {MODELS[NO_PERSONAS].persona_rates[0]:.4g}")
+    print(
+        f"  {REFERENCE}: every persona at {MODELS[REFERENCE].persona_rates[0]:.4g} and post quality log-sd "
+        f"{MODELS[REFERENCE].quality_log_sd:g} (the issue's reference: a fixed-horizon look at 10% with "
+        f"{REFERENCE_FIXED_HORIZON_POWER:.0%} power at +5%; the ramp target is judged on this model)"
+    )
     planned = {"10 planned": (planned_schedule(10),)}
     both = {**planned, "50 irregular": irregular_schedules(args.schedules, 50, seed=args.seed)}
     print(
@@ -93,16 +108,15 @@ def main() -> None:
         f"experiment i on schedule i mod {args.schedules}, the last look of each at 168 h"
     )
     print(
-        f"  experiments per model: {args.experiments:,} A/A, each at 10 planned and at 50 irregular looks; "
-        f"{args.power_experiments:,} per lift; seed {args.seed}; {args.processes} processes"
+        f"  experiments: {args.experiments:,} A/A per model ({' and '.join(AA_MODELS)}), each at 10 planned "
+        f"and at 50 irregular looks; {args.power_experiments:,} per lift and model; seed {args.seed}; "
+        f"{args.processes} processes"
     )
     rows: list[tuple[str, str, str, Results]] = []  # model, setting, rule, results
     with Runner(args.processes) as runner:
-        for model_name, model in models.items():
-            covariates = model.pre_period_covariates(
-                np.random.default_rng([args.seed, 4, int(model.has_persona_effects)])
-            )
-            if model_name == "with persona effects":
+        for number, (model_name, model) in enumerate(MODELS.items()):
+            covariates = model.pre_period_covariates(np.random.default_rng([args.seed, 4, number]))
+            if number == 0:  # the plans' information depends only on the schedule, the same in every model
                 for design in (FIXED_SHARE, RAMPED_ADJUSTED):
                     plan = design.plan(model, covariates)
                     print(
@@ -110,9 +124,10 @@ def main() -> None:
                         f"{plan.maximum_information_basis}"
                     )
             common = dict(seed=args.seed, runner=runner)
-            aa = simulate(model, covariates, lift=0.0, experiments=args.experiments, schedules=both, **common)
-            rows += [(model_name, AA_10, rule, aa["10 planned"]) for rule in RULES]
-            rows += [(model_name, AA_50, rule, aa["50 irregular"]) for rule in RULES]
+            if model_name in AA_MODELS:
+                aa = simulate(model, covariates, lift=0.0, experiments=args.experiments, schedules=both, **common)
+                rows += [(model_name, AA_10, rule, aa["10 planned"]) for rule in RULES]
+                rows += [(model_name, AA_50, rule, aa["50 irregular"]) for rule in RULES]
             for lift in LIFTS:
                 power = simulate(
                     model, covariates, lift=lift, experiments=args.power_experiments, schedules=planned, ceiling=True,
@@ -152,7 +167,7 @@ def main() -> None:
     )
 
     print(f"\nVARIANCE REDUCTION of {RAMPED_ADJUSTED.name} at its deciding look, all its experiments")
-    for model_name in models:
+    for model_name in MODELS:
         pooled = np.concatenate([r for (m, _), r in reductions.items() if m == model_name])
         q1, median, q3 = np.percentile(pooled, [25, 50, 75])
         print(f"  {model_name}: median {median:.1%} (quartiles {q1:.1%}, {q3:.1%}; {pooled.size} experiments)")
@@ -162,7 +177,7 @@ def main() -> None:
     def mark(ok: bool) -> str:
         return "met    " if ok else "NOT MET"
 
-    for model_name in models:
+    for model_name in AA_MODELS:
         for setting in (AA_10, AA_50):
             for rule in (FIXED_SHARE.name, RAMPED_ADJUSTED.name):
                 rate, _, high = figures[model_name, setting, rule]
@@ -170,7 +185,13 @@ def main() -> None:
                     f"  {mark(high <= 0.03)} {setting}, {rule}, {model_name}: upper 95% bound of false "
                     f"promotions {high:.2%} <= 3% (rate {rate:.2%}; the design's own 2.5%)"
                 )
-    for model_name in models:
+    reference_ceiling, low, high = figures[REFERENCE, "power at +5%", CEILING]
+    print(
+        f"  {mark(abs(reference_ceiling - REFERENCE_FIXED_HORIZON_POWER) <= 0.03)} the reference model: one "
+        f"fixed-horizon look at 10% has {reference_ceiling:.1%} [{low:.1%}, {high:.1%}] power at +5%, within 3 "
+        f"points of the issue's {REFERENCE_FIXED_HORIZON_POWER:.0%} (a check of the model, not of a design)"
+    )
+    for model_name in MODELS:
         fixed = figures[model_name, "power at +5%", FIXED_SHARE.name][0]
         ceiling = figures[model_name, "power at +5%", CEILING][0]
         today = figures[model_name, "power at +5%", TODAY][0]
@@ -183,12 +204,13 @@ def main() -> None:
             f"interval [{(gap.mean() - half) * 100:.1f}, {(gap.mean() + half) * 100:.1f}]; today's rule {today:.1%}, "
             f"{(ceiling - today) * 100:.1f} points below)"
         )
-    for model_name in models:
+    for model_name in MODELS:
         rate, low, high = figures[model_name, "power at +5%", RAMPED_ADJUSTED.name]
         ceiling, ceiling_low, ceiling_high = figures[model_name, "power at +5%", RAMPED_CEILING]
-        target = "target" if model_name == "without persona effects" else "reported"
+        target = model_name == REFERENCE
+        label, role = (mark(rate >= 0.95), "the target") if target else ("report ", "reported")
         print(
-            f"  {mark(rate >= 0.95)} power at +5% with ramping and adjustment, {model_name} ({target}): {rate:.1%} "
+            f"  {label} power at +5% with ramping and adjustment, {model_name} ({role}): {rate:.1%} "
             f"[{low:.1%}, {high:.1%}] >= 95%; its ceiling on the same data {ceiling:.1%} [{ceiling_low:.1%}, "
             f"{ceiling_high:.1%}]"
         )

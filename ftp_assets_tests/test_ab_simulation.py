@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
 from ftp_assets.domain.ab_stats import analyze
@@ -15,8 +16,12 @@ from ftp_assets.domain.planned_looks import analyze_looks
 from ftp_demo.ab_simulation import (
     FIXED_SHARE,
     RAMPED_ADJUSTED,
+    REFERENCE_FIXED_HORIZON_POWER,
+    REFERENCE_QUALITY_LOG_SD,
     PostModel,
     SimulatedExperiment,
+    experiment_seed,
+    fixed_horizon_z,
     irregular_schedules,
     planned_schedule,
     run_fixed_horizon,
@@ -166,3 +171,22 @@ def test_a_small_aa_check_keeps_the_planned_rate_where_naive_peeking_does_not():
     naive_lower, _ = proportion_confint(naive, experiments, alpha=0.01, method="wilson")
     assert planned_upper < 0.045, (planned, naive)
     assert naive_lower > 0.025 and naive > 2 * planned, (planned, naive)
+
+
+def test_the_reference_model_has_the_issue_s_fixed_horizon_power():
+    """PostModel.at_reference_noise is quiet enough for the issue's reference figure: one
+    fixed-horizon look at 10% on the deadline's sample has about 82% power at +5% (a mean z near
+    1.96 + 0.92 = 2.88); the default model without persona effects is far noisier. 400
+    experiments each: the mean z is known to about ±0.1."""
+    reference, default = PostModel.at_reference_noise(), PostModel().without_persona_effects()
+    assert reference.quality_log_sd == REFERENCE_QUALITY_LOG_SD < default.quality_log_sd
+    assert not reference.has_persona_effects
+    assert experiment_seed(1, reference, 0.05, 0) != experiment_seed(1, default, 0.05, 0)
+
+    def mean_z(model: PostModel) -> float:
+        draws = (SimulatedExperiment.draw(model, None, 0.05, (14, index)) for index in range(400))
+        return float(np.mean([fixed_horizon_z(experiment) for experiment in draws]))
+
+    target = norm.ppf(0.975) + norm.ppf(REFERENCE_FIXED_HORIZON_POWER)
+    assert mean_z(reference) == pytest.approx(target, abs=0.2)
+    assert mean_z(default) < target - 0.8

@@ -67,6 +67,12 @@ class ArmSums:
         return len(self.sum_w)
 
     def stats(self) -> ArmStats:
+        return self._stats
+
+    # Cached: an analysis reads each arm's ArmStats several times a look. ArmStats converts the
+    # values exactly as __post_init__ does, so the first call (from __post_init__) is already right.
+    @functools.cached_property
+    def _stats(self) -> ArmStats:
         return ArmStats(self.n, self.sum_x, self.sum_y, self.sum_x2, self.sum_y2, self.sum_xy)
 
     def without_covariates(self) -> ArmSums:
@@ -392,7 +398,7 @@ class PhaseLook:
             treatment=ArmSums.from_dict(values["treatment"]),
         )
 
-    @property
+    @functools.cached_property
     def estimable(self) -> bool:
         """Whether the phase gives a lift with a positive variance: ab_stats finds enough data
         and the posts' rates are not all the same (LookData caches what depends on it)."""
