@@ -22,8 +22,8 @@ population of posts, no time): the tests of ``ab_stats`` use it.
   0.08) among five personas whose baseline engagement rates are ``persona_rates`` (0.03, 0.04,
   0.05, 0.065, 0.09). :meth:`PostModel.without_persona_effects` gives every persona the
   share-weighted mean rate (0.0455) instead, and :meth:`PostModel.at_reference_noise` gives the
-  model without persona effects the quieter posts of the issue's reference figure (post quality
-  log-sd 0.37 rather than 0.6; its docstring says how that value was found).
+  model without persona effects the quieter posts of the issue's stated reference figure (post
+  quality log-sd 0.37 rather than 0.6; its docstring says how that value was found).
 - Its engagement rate is baseline × ``weekday_engagement`` (0.95, 0.95, 1.0, 1.0, 1.05, 1.1, 1.1)
   × hour factor (1 + 0.1·cos(2π(h − 20)/24), ``hour_engagement_amplitude`` = 0.1, peak at 20:00)
   × post quality (lognormal with mean one, ``quality_log_sd`` = 0.6: about the spread of post
@@ -58,11 +58,12 @@ at a fixed 10% share without covariates, or ramping 10% → 50% (after 200 matur
 far; the first decision other than ``continue`` ends the experiment; ``ramp_to`` changes the phases
 as production does (:func:`~ftp_assets.domain.experiment_plan.ramped_phases`: the phase in force
 ends the grace before the look, the new one starts the grace after; the posts between belong to no
-phase). Two fixed-horizon ceilings: one look at the deadline's sample of the 10% share (the same
+phase). Three fixed-horizon ceilings: one look at the deadline's sample of the 10% share (the same
 data as today's rule), promoted when ``analyze``'s lift/lift_standard_error exceeds the one-sided
-2.5% z (1.96); and, for the ramped design, ``analyze_looks`` given only the deadline's look on the
-phases its sequential run had, with the same adjusted estimator (:func:`run_fixed_horizon`: a
-single final look spends all of alpha, boundary 1.96).
+2.5% z (1.96); the same at a 50% share from the first post (the most an unadjusted estimate of
+these posts can show, whatever the ramp); and, for the ramped design, ``analyze_looks`` given only
+the deadline's look on the phases its sequential run had, with the same adjusted estimator
+(:func:`run_fixed_horizon`: a single final look spends all of alpha, boundary 1.96).
 
 **Looks.** ``planned_schedule``: 10 evenly spaced looks, the last at the deadline.
 ``irregular_schedules``: a handful (5) of schedules of 50 looks whose times are uniform over the
@@ -74,9 +75,9 @@ look once cached: one schedule per experiment would not fit the benchmark's time
 included, are prefix sums over the posts in creation order, so a phase's sums at a look are
 differences of prefix sums (the same numbers as ``ArmSums.from_arrays`` on those posts: the tests
 check it), and a look costs the harness the same whatever the number of looks before it. Only
-the decisions run in Python, through the real functions. Each experiment has its
-own seed (``SeedSequence([seed, model, lift, index])``), so the results do not depend on how the
-experiments are split over processes.
+the decisions run in Python, through the real functions. Each experiment has its own seed
+(``SeedSequence([seed, *model_key(model), lift, index])``), so the results do not depend on how
+the experiments are split over processes.
 """
 
 from __future__ import annotations
@@ -616,7 +617,8 @@ TODAY = "today's rule"
 RULES = (TODAY, FIXED_SHARE.name, RAMPED_ADJUSTED.name)
 CEILING = "fixed horizon at 10% (ceiling)"
 RAMPED_CEILING = "fixed horizon on the ramped data (its ceiling)"
-CEILINGS = (CEILING, RAMPED_CEILING)
+EVEN_CEILING = "fixed horizon at 50% from the start"
+CEILINGS = (CEILING, RAMPED_CEILING, EVEN_CEILING)
 
 
 @dataclass(frozen=True)
@@ -634,11 +636,15 @@ class Results:
         return float(self.promoted[rule].mean())
 
 
+def model_key(model: PostModel) -> tuple[int, int]:
+    """What tells the benchmark's model variants apart in a seed: persona effects, post quality."""
+    return (int(model.has_persona_effects), round(model.quality_log_sd * 1000))
+
+
 def experiment_seed(seed: int, model: PostModel, lift: float, index: int) -> tuple[int, ...]:
     """Each experiment's own seed: the results do not depend on the number of processes, and the
-    benchmark's models (persona effects or not, post quality) draw apart."""
-    model_key = (int(model.has_persona_effects), round(model.quality_log_sd * 1000))
-    return (seed, *model_key, round(lift * 10_000) + 10_000, index)
+    model variants draw apart."""
+    return (seed, *model_key(model), round(lift * 10_000) + 10_000, index)
 
 
 def _row(outcome: Outcome) -> tuple[float, float, float, float]:
@@ -662,8 +668,9 @@ def _run_chunk(
                 outcomes[rule] = run_planned(experiment, plan, schedule)
             if ceiling:
                 final = experiment.index(model.duration_hours - model.maturity_hours)
-                promoted = fixed_horizon_promotes(experiment)
-                outcomes[CEILING] = Outcome("promote" if promoted else "reject", 1, model.duration_hours, final)
+                for rule, share in ((CEILING, 0.1), (EVEN_CEILING, 0.5)):
+                    promoted = fixed_horizon_promotes(experiment, share)
+                    outcomes[rule] = Outcome("promote" if promoted else "reject", 1, model.duration_hours, final)
                 ramped = plans[RAMPED_ADJUSTED.name]
                 outcomes[RAMPED_CEILING] = run_fixed_horizon(
                     experiment, ramped, outcomes[RAMPED_ADJUSTED.name].ramped_at
@@ -716,7 +723,8 @@ def simulate(
 ) -> dict[str, Results]:
     """Every rule on the same ``experiments`` simulated experiments, per named look schedule
     (experiment i uses the schedule i mod their number). With ``ceiling``, the two fixed-horizon
-    ceilings too (:data:`CEILING` and :data:`RAMPED_CEILING`, in each schedule's results)."""
+    ceilings too (:data:`CEILING`, :data:`RAMPED_CEILING` and :data:`EVEN_CEILING`, in each
+    schedule's results)."""
     tasks = [
         (model, covariates, lift, seed, start, min(start + chunk, experiments), schedules, ceiling)
         for start in range(0, experiments, chunk)
