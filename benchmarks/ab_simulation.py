@@ -48,6 +48,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ftp_assets.domain.experiment_plan import Covariates
 from ftp_demo.ab_simulation import (
     CEILING,
     CEILINGS,
@@ -85,6 +86,11 @@ def wilson(count: int, total: int) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def pre_period_covariates(model: PostModel, seed: int) -> Covariates:
+    """The variant's covariates, drawn once per variant and seed and shared by its experiments."""
+    return model.pre_period_covariates(np.random.default_rng([seed, 4, *model_key(model)]))
+
+
 def sensitivity(args: argparse.Namespace) -> None:
     """How the power at +5% falls as the posts' own rates spread more: the ramped, adjusted design
     and the fixed-horizon ceilings, on the model without persona effects at each post quality
@@ -101,7 +107,7 @@ def sensitivity(args: argparse.Namespace) -> None:
     with Runner(args.processes) as runner:
         for log_sd in SENSITIVITY_LOG_SDS:
             model = replace(PostModel().without_persona_effects(), quality_log_sd=log_sd)
-            covariates = model.pre_period_covariates(np.random.default_rng([args.seed, 4, *model_key(model)]))
+            covariates = pre_period_covariates(model, args.seed)
             results = simulate(
                 model, covariates, lift=0.05, experiments=args.power_experiments, seed=args.seed,
                 schedules={"10 planned": (planned_schedule(10),)}, ceiling=True, runner=runner,
@@ -120,14 +126,14 @@ def main() -> None:
     parser.add_argument(
         "--experiments", type=int, default=AA_EXPERIMENTS, help="A/A experiments per variant (both look schedules)"
     )
-    parser.add_argument("--power-experiments", type=int, default=POWER_EXPERIMENTS, help="per lift and model")
+    parser.add_argument("--power-experiments", type=int, default=POWER_EXPERIMENTS, help="per lift and variant")
     parser.add_argument("--schedules", type=int, default=5, help="distinct irregular schedules of 50 looks")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seed", type=int, default=20250106)
     parser.add_argument(
         "--sensitivity",
         action="store_true",
-        help="instead: power at +5% against the posts' spread (post quality log-sd), without persona effects",
+        help="instead: power at +5%% against the posts' spread (post quality log-sd), without persona effects",
     )
     args = parser.parse_args()
     if args.sensitivity:
@@ -157,7 +163,7 @@ def main() -> None:
     rows: list[tuple[str, str, str, Results]] = []  # model, setting, rule, results
     with Runner(args.processes) as runner:
         for number, (model_name, model) in enumerate(MODELS.items()):
-            covariates = model.pre_period_covariates(np.random.default_rng([args.seed, 4, *model_key(model)]))
+            covariates = pre_period_covariates(model, args.seed)
             if number == 0:  # the plans' information depends only on the schedule, the same in every model
                 for design in (FIXED_SHARE, RAMPED_ADJUSTED):
                     plan = design.plan(model, covariates)
